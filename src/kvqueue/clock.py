@@ -1,0 +1,86 @@
+"""Time, injected: the system clock in production, a fake one in tests.
+
+Semantics code never reads the time or sleeps directly; it asks a Clock, so
+backoff, delays, leases and expiry can be tested by moving a FakeClock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Where kvqueue gets the time from."""
+
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds`` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """The wall clock and asyncio's timers."""
+
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch."""
+        return time.time_ns() // 1_000_000
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for real."""
+        await asyncio.sleep(max(seconds, 0.0))
+
+
+class FakeClock:
+    """A clock that only moves when told to; sleepers wake when it passes their time.
+
+    Safe to advance from another thread than the one whose event loop sleeps.
+    """
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self._now = start_ms
+        self._lock = threading.Lock()
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def now_ms(self) -> int:
+        """The fake time in milliseconds since the epoch."""
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been advanced by ``seconds``."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            deadline = self._now + max(1, round(seconds * 1000))
+            heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        await future
+
+    def deadlines(self) -> list[int]:
+        """When the current sleepers wake, earliest first (tests wait for a sleeper to appear)."""
+        with self._lock:
+            return sorted(d for d, _, f in self._sleepers if not f.done())
+
+    def advance(self, ms: int) -> None:
+        """Move the clock forward and wake every sleeper whose time has come."""
+        with self._lock:
+            self._now += ms
+            due: list[asyncio.Future[None]] = []
+            while self._sleepers and self._sleepers[0][0] <= self._now:
+                due.append(heapq.heappop(self._sleepers)[2])
+        for future in due:
+            future.get_loop().call_soon_threadsafe(_wake, future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

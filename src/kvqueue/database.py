@@ -1,0 +1,305 @@
+"""AsyncDatabase: the one core every face of kvqueue runs on.
+
+The sync ``Database`` (kvqueue.sync) drives this same object from its own event
+loop thread; nothing here is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any
+
+from kvqueue import errors, keys, limits, model, values
+from kvqueue.atomic import AsyncAtomicOperation, kv_enqueue
+from kvqueue.clock import Clock
+from kvqueue.keys import Key
+from kvqueue.kv_queue import Listener, in_handler
+from kvqueue.listing import AsyncListIterator, Pager
+from kvqueue.storage import Storage, open_storage
+from kvqueue.waiting import first_of
+
+logger = logging.getLogger("kvqueue")
+
+# Longest pause of the expiry sweeper when nothing is due sooner.
+_SWEEP_MAX_MS = 60_000
+# How long a watch waits for a wake-up before reading its keys again anyway.
+_WATCH_RECHECK_MS = 5_000
+
+
+class AsyncDatabase:
+    """A KV keyspace and its queues, for asyncio code. Open it with ``kvqueue.open_async``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        kv_queue_backlog: int = limits.DEFAULT_KV_QUEUE_BACKLOG,
+        lease_ms: int = limits.DEFAULT_LEASE_MS,
+    ) -> None:
+        if kv_queue_backlog < 1:
+            raise errors.InvalidOption(f"kv_queue_backlog is at least 1, got {kv_queue_backlog}")
+        if lease_ms < 30:
+            raise errors.InvalidOption(f"lease_ms is at least 30, got {lease_ms}")
+        self._storage = storage
+        self._kv_queue_backlog = kv_queue_backlog
+        self._lease_ms = lease_ms
+        self._listener: Listener | None = None
+        self._listener_done = asyncio.Event()
+        self._listener_done.set()
+        self._closing = False
+        self._finishing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._close_callbacks: list[Callable[[], None]] = []
+        self._expiry_added = asyncio.Event()
+        self._sweeper = asyncio.create_task(self._sweep_expired())
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of the underlying storage."""
+        return self._storage.clock
+
+    def _ensure_open(self) -> None:
+        if self._closing:
+            raise errors.DatabaseClosed()
+
+    # --- KV -----------------------------------------------------------------
+
+    async def get(self, key: Key) -> model.Entry:
+        """The entry at ``key``: its value and versionstamp, or None for both."""
+        (entry,) = await self.get_many([key])
+        return entry
+
+    async def get_many(self, keys_: Iterable[Key]) -> list[model.Entry]:
+        """The entries at several keys, read from one consistent snapshot."""
+        self._ensure_open()
+        wanted = [tuple(k) if isinstance(k, list) else k for k in keys_]
+        if len(wanted) > limits.MAX_GET_MANY_KEYS:
+            raise errors.LimitExceeded("MAX_GET_MANY_KEYS", limits.MAX_GET_MANY_KEYS, len(wanted))
+        encoded = [keys.encode_read_key(k) for k in wanted]
+        pages = await self._storage.read(
+            [model.ReadRange(e, keys.successor(e), 1) for e in encoded]
+        )
+        return [
+            values.entry_from_stored(k, page[0] if page else None)
+            for k, page in zip(wanted, pages, strict=True)
+        ]
+
+    async def set(
+        self, key: Key, value: Any, *, expire_in: float | None = None
+    ) -> model.CommitResult:
+        """Set ``key`` to ``value``; ``expire_in`` milliseconds later it is gone."""
+        return await self.atomic().set(key, value, expire_in=expire_in).commit()
+
+    async def delete(self, key: Key) -> None:
+        """Delete ``key`` (nothing happens if it is absent)."""
+        await self.atomic().delete(key).commit()
+
+    def list(
+        self,
+        prefix: Key | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+        batch_size: int | None = None,
+    ) -> AsyncListIterator:
+        """Entries in key order (``async for``); resumable from the iterator's ``.cursor``."""
+        self._ensure_open()
+        return AsyncListIterator(
+            Pager(
+                self._storage,
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                reverse=reverse,
+                cursor=cursor,
+                batch_size=batch_size,
+            )
+        )
+
+    async def watch(self, keys_: Iterable[Key]) -> AsyncGenerator[builtins.list[model.Entry], None]:
+        """Yield the entries of ``keys_`` now, then again whenever one of them changes."""
+        wanted = list(keys_)
+        if len(wanted) > limits.MAX_WATCHED_KEYS:
+            raise errors.TooManyWatchedKeys(
+                "MAX_WATCHED_KEYS", limits.MAX_WATCHED_KEYS, len(wanted)
+            )
+        last: builtins.list[str | None] | None = None
+        while not self._closing:
+            # Start waiting before reading, so a commit landing after the read wakes us.
+            changed = asyncio.ensure_future(self._storage.wait(None, timeout_ms=_WATCH_RECHECK_MS))
+            await asyncio.sleep(0)
+            try:
+                entries = await self.get_many(wanted)
+                stamps = [e.versionstamp for e in entries]
+                if stamps != last:
+                    last = stamps
+                    yield entries
+                await first_of(changed, self._closed.wait())
+            finally:
+                changed.cancel()
+
+    def atomic(self) -> AsyncAtomicOperation:
+        """Start an atomic operation: ``.check()``, ``.set()``, ..., then ``.commit()``."""
+        self._ensure_open()
+        return AsyncAtomicOperation(self.commit_write, max_backlog=self._kv_queue_backlog)
+
+    @property
+    def kv_queue_backlog(self) -> int:
+        """Most undelivered KV-queue messages before enqueue raises QueueFull."""
+        return self._kv_queue_backlog
+
+    async def commit_write(self, write: model.AtomicWrite) -> model.CommitResult:
+        """Commit a prepared, validated AtomicWrite (what ``atomic().commit()`` does)."""
+        self._ensure_open()
+        stamp = await self._storage.commit(write)
+        if stamp is None:
+            return model.CommitResult(ok=False)
+        if any(m.expire_in_ms is not None for m in write.mutations):
+            self._expiry_added.set()
+        return model.CommitResult(ok=True, versionstamp=values.versionstamp_hex(stamp))
+
+    # --- The KV queue --------------------------------------------------------
+
+    async def enqueue(
+        self,
+        value: Any,
+        *,
+        delay: float | None = None,
+        keys_if_undelivered: Iterable[Key] | None = None,
+        backoff_schedule: Iterable[float] | None = None,
+    ) -> model.CommitResult:
+        """Put ``value`` on the KV queue (Deno's ``kv.enqueue``); times in milliseconds.
+
+        Raises:
+            QueueFull: the KV queue already holds its backlog limit of messages.
+        """
+        self._ensure_open()
+        message = kv_enqueue(
+            value,
+            delay=delay,
+            keys_if_undelivered=keys_if_undelivered,
+            backoff_schedule=backoff_schedule,
+            max_backlog=self._kv_queue_backlog,
+        )
+        return await self.commit_write(model.AtomicWrite(enqueues=(message,)))
+
+    async def listen_queue(
+        self, handler: Callable[[Any], Any], *, concurrency: int | None = None
+    ) -> None:
+        """Run ``handler`` on every KV-queue message until the database is closed.
+
+        ``handler`` may be a plain function or a coroutine function. Returning
+        acknowledges the message; raising retries it per its backoff schedule.
+        Up to ``concurrency`` handlers run at once.
+
+        Raises:
+            ListenerAlreadyRunning: another listen_queue is running on this database.
+            DatabaseClosed: the database is closed.
+        """
+        self._ensure_open()
+        if self._listener is not None:
+            raise errors.ListenerAlreadyRunning()
+        self._listener = Listener(
+            self._storage,
+            handler,
+            concurrency=concurrency or limits.DEFAULT_LISTEN_CONCURRENCY,
+            lease_ms=self._lease_ms,
+        )
+        self._listener_done.clear()
+        try:
+            await self._listener.run()
+        finally:
+            self._listener = None
+            self._listener_done.set()
+
+    # --- Lifecycle --------------------------------------------------------------
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            try:
+                remaining = await self._storage.purge_expired()
+            except errors.DatabaseClosed:
+                return
+            except errors.KvQueueError:
+                logger.exception("could not purge expired keys")
+                remaining = None
+            pause = _SWEEP_MAX_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
+            self._expiry_added.clear()
+            await first_of(self._storage.clock.sleep(pause / 1000), self._expiry_added.wait())
+
+    async def close(self) -> None:
+        """Stop listening, let running handlers settle, and close the storage.
+
+        Called from inside a handler, it only starts the shutdown: the handler
+        cannot wait for itself to finish.
+        """
+        await self.shutdown(wait=not in_handler.get())
+
+    async def shutdown(self, *, wait: bool) -> None:
+        """Start closing; with ``wait``, return only once everything is closed."""
+        if not self._closing:
+            self._closing = True
+            if self._listener is not None:
+                self._listener.stop()
+            self._finishing = asyncio.get_running_loop().create_task(self._finish_close())
+        if wait:
+            await self._closed.wait()
+
+    async def _finish_close(self) -> None:
+        try:
+            await self._listener_done.wait()
+            self._sweeper.cancel()
+            await asyncio.wait({self._sweeper})
+            await self._storage.close()
+        finally:
+            self._closed.set()
+            for callback in self._close_callbacks:
+                callback()
+
+    def on_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) once the database is closed."""
+        self._close_callbacks.append(callback)
+
+    async def wait_closed(self) -> None:
+        """Return once the database has been closed completely."""
+        await self._closed.wait()
+
+    async def __aenter__(self) -> AsyncDatabase:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def open_async(
+    path: str = ":memory:",
+    *,
+    token: str | None = None,
+    clock: Clock | None = None,
+    kv_queue_backlog: int = limits.DEFAULT_KV_QUEUE_BACKLOG,
+    lease_ms: int = limits.DEFAULT_LEASE_MS,
+) -> AsyncDatabase:
+    """Open a database for asyncio code.
+
+    Args:
+        path: a SQLite file (``app.db``, ``sqlite:///app.db``) or ``:memory:``.
+        token: the bearer token of a kvqueue server (for ``http://`` URLs).
+        clock: where time comes from; tests pass a ``FakeClock``.
+        kv_queue_backlog: most undelivered KV-queue messages before ``QueueFull``.
+        lease_ms: how long a handler holds a message before it may be redelivered
+            (renewed while the handler runs).
+    """
+    del token  # used by the remote backend, which comes with the server
+    storage = await open_storage(path, clock=clock)
+    try:
+        return AsyncDatabase(storage, kv_queue_backlog=kv_queue_backlog, lease_ms=lease_ms)
+    except BaseException:
+        await storage.close()
+        raise

@@ -1,0 +1,48 @@
+"""Every size, count and time limit of kvqueue, in one place.
+
+Defaults follow the two systems kvqueue stands in for (Deno KV and Cloudflare
+Queues); SPEC.md section 8 lists them. An error raised for breaking one names
+the constant here.
+"""
+
+from __future__ import annotations
+
+# --- KV store (Deno KV) -------------------------------------------------------
+#: Largest encoded key that may be written.
+MAX_KEY_BYTES = 2048
+#: Largest encoded key that may bound a read (Deno allows one byte more).
+MAX_READ_KEY_BYTES = 2049
+#: Largest encoded value.
+MAX_VALUE_BYTES = 65_536
+#: Most checks in one atomic operation.
+MAX_CHECKS = 100
+#: Most mutations plus enqueues/sends in one atomic operation.
+MAX_MUTATIONS = 1000
+#: Most bytes of keys, values and payloads in one atomic operation.
+MAX_ATOMIC_BYTES = 819_200
+#: Most keys one watch may follow.
+MAX_WATCHED_KEYS = 10
+#: Most keys in one get_many.
+MAX_GET_MANY_KEYS = 1000
+#: Largest page a list reads at once.
+MAX_LIST_BATCH = 1000
+
+# --- The KV queue (Deno face) -------------------------------------------------
+#: Largest encoded KV-queue message.
+MAX_KV_PAYLOAD_BYTES = 65_536
+#: Longest enqueue delay: 30 days in milliseconds.
+MAX_KV_DELAY_MS = 30 * 24 * 3600 * 1000
+#: Most entries in a backoff schedule.
+MAX_BACKOFF_ENTRIES = 5
+#: Longest single backoff interval: one hour in milliseconds.
+MAX_BACKOFF_MS = 3_600_000
+#: Most keys_if_undelivered on one message.
+MAX_UNDELIVERED_KEYS = 10
+#: Retry delays used when an enqueue gives no backoff schedule (6 attempts in all).
+DEFAULT_BACKOFF_SCHEDULE: tuple[int, ...] = (100, 1000, 5000, 30000, 60000)
+#: Most undelivered messages the KV queue holds before enqueue raises QueueFull.
+DEFAULT_KV_QUEUE_BACKLOG = 100_000
+#: How long a handler holds a message before another may take it; renewed while it runs.
+DEFAULT_LEASE_MS = 30_000
+#: Handlers listen_queue runs at once by default.
+DEFAULT_LISTEN_CONCURRENCY = 100

@@ -1,0 +1,197 @@
+"""The value types of kvqueue: what the public API returns and what crosses the
+storage boundary. All are immutable."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvqueue import errors
+
+_U64_MAX = (1 << 64) - 1
+
+
+class KvU64:
+    """An unsigned 64-bit integer value, the operand of ``sum``, ``min`` and ``max``.
+
+    ``sum`` wraps around at 2**64, as Deno's ``Deno.KvU64`` does.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.InvalidValue(f"KvU64 takes an int, got {type(value).__name__}")
+        if not 0 <= value <= _U64_MAX:
+            raise errors.InvalidValue(f"KvU64 must be in 0 .. 2**64-1, got {value}")
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KvU64) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((KvU64, self.value))
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"KvU64({self.value})"
+
+
+class ValueEncoding(enum.IntEnum):
+    """How a stored value's bytes are to be read (Deno KV's numbering)."""
+
+    V8 = 1
+    LE64 = 2
+    BYTES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key as read: its value and versionstamp, or ``None`` for both if absent."""
+
+    key: tuple[Any, ...]
+    value: Any
+    versionstamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """The outcome of a write: ``ok`` is False when a check failed and nothing was written."""
+
+    ok: bool
+    versionstamp: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+# --- Across the storage boundary ---------------------------------------------
+# Keys are encoded bytes and values encoded (encoding, bytes) pairs here; the
+# storage never sees Python tuples or user objects.
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """Keys in ``[start, end)``, at most ``limit`` of them, optionally from the end."""
+
+    start: bytes
+    end: bytes
+    limit: int
+    reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """A key as stored: encoded key, encoded value and 10-byte versionstamp."""
+
+    key: bytes
+    value: bytes
+    encoding: ValueEncoding
+    versionstamp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The key's live versionstamp must equal ``versionstamp`` (None: the key must be absent)."""
+
+    key: bytes
+    versionstamp: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheck:
+    """The message must still be leased under ``lease`` (not expired, not re-leased)."""
+
+    message_id: str
+    lease: str
+
+
+class MutationKind(enum.Enum):
+    """What a mutation does to its key."""
+
+    SET = "set"
+    DELETE = "delete"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One change to one key. ``expire_in_ms`` only applies to SET."""
+
+    kind: MutationKind
+    key: bytes
+    value: bytes = b""
+    encoding: ValueEncoding = ValueEncoding.BYTES
+    expire_in_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """A new message for ``queue``, visible after ``delay_ms``.
+
+    ``attributes`` is opaque to the storage: the semantics layer keeps its
+    per-message policy there (the KV queue's backoff schedule and undelivered keys).
+    ``max_backlog``, when set, makes the commit raise QueueFull instead of letting
+    the queue hold more undelivered messages than that.
+    """
+
+    queue: str
+    message_id: str
+    body: bytes
+    content_type: str
+    delay_ms: int = 0
+    attributes: bytes | None = None
+    max_backlog: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Delete a message: it was handled. Accepted even after its lease ran out."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Release a leased message to be delivered again after ``delay_ms``.
+
+    Applies only while ``lease`` still holds the message; otherwise the lease
+    already ran out and the message is visible again anyway.
+    """
+
+    message_id: str
+    lease: str
+    delay_ms: int = 0
+
+
+Settlement = Ack | Retry
+
+
+@dataclass(frozen=True, slots=True)
+class AtomicWrite:
+    """Checks, mutations, enqueues and settlements that commit all together or not at all."""
+
+    checks: tuple[Check, ...] = ()
+    lease_checks: tuple[LeaseCheck, ...] = ()
+    mutations: tuple[Mutation, ...] = ()
+    enqueues: tuple[Enqueue, ...] = ()
+    settlements: tuple[Settlement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedMessage:
+    """A message handed to one consumer until ``lease`` runs out or is settled."""
+
+    queue: str
+    message_id: str
+    body: bytes
+    content_type: str
+    enqueued_at_ms: int
+    attempts: int
+    lease: str
+    attributes: bytes | None = field(default=None, repr=False)

@@ -1,0 +1,92 @@
+"""The storage boundary: the only thing a backend implements.
+
+A backend applies atomic state changes and answers reads; it never decides
+policy. Retry counts, backoff, dead-lettering, limits and batching are decided
+above this boundary (``kvqueue.atomic``, ``kvqueue.kv_queue``, ...) and written
+once for every backend. Everything crossing it is a type from
+:mod:`kvqueue.model`; keys and values are already encoded.
+
+All times inside a backend come from the backend's own clock (the injected
+Clock for SQLite, the database server's clock for PostgreSQL), so callers pass
+durations, never instants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from kvqueue import model
+from kvqueue.clock import Clock
+
+
+class Storage(Protocol):
+    """A database: one KV keyspace plus queues, in one store."""
+
+    #: The clock this storage measures expiry, delays and leases with.
+    clock: Clock
+
+    async def read(self, ranges: Sequence[model.ReadRange]) -> list[list[model.StoredEntry]]:
+        """Read every range from one consistent snapshot, skipping expired keys.
+
+        Returns one list per range, in request order, each in key order (or
+        reverse key order for a reverse range), at most ``limit`` entries long.
+        """
+        ...
+
+    async def commit(self, write: model.AtomicWrite) -> bytes | None:
+        """Apply a whole atomic write, or nothing of it.
+
+        Checks first: if a key check or lease check fails, nothing is written and
+        the result is ``None``. Otherwise mutations apply in order, then
+        enqueues, then settlements, all in one transaction, and the result is
+        the commit's 10-byte versionstamp (strictly greater than any before it;
+        every key written by this commit carries it).
+
+        Raises:
+            TypeMismatch: a sum/min/max met a stored value that is not a KvU64.
+            QueueFull: an enqueue would take its queue past ``max_backlog``.
+            StorageError: the store failed; nothing was written.
+        """
+        ...
+
+    async def lease(self, queue: str, *, limit: int, lease_ms: int) -> list[model.LeasedMessage]:
+        """Take up to ``limit`` visible messages of ``queue``, oldest first.
+
+        Each taken message has its ``attempts`` raised by one and is invisible to
+        every other caller for ``lease_ms``, after which it is visible again
+        unless it was settled or its lease extended. Two callers never hold the
+        same message at once.
+        """
+        ...
+
+    async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
+        """Push the end of each still-held lease to ``lease_ms`` from now.
+
+        Returns the ids of the messages whose lease was still held (and is now
+        extended); the others were settled or taken by someone else.
+        """
+        ...
+
+    async def wait(self, queue: str | None, *, timeout_ms: int) -> None:
+        """Return when something may have changed, or after ``timeout_ms``.
+
+        With a queue: when a message of that queue may be visible (one became
+        due on the storage's clock, or another caller, in this process or
+        another, committed). Without: when any commit may have happened.
+        ``timeout_ms`` is real time: a safety net for a missed wake-up, not a
+        schedule. Only a hint: callers re-check, and correctness never depends
+        on it.
+        """
+        ...
+
+    async def purge_expired(self) -> int | None:
+        """Delete keys whose expiry has passed.
+
+        Returns milliseconds until the next expiry, or None if no key expires.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release the store."""
+        ...

@@ -1,0 +1,511 @@
+"""The SQLite backend: the embedded default.
+
+Durability and concurrency, in short:
+
+* WAL with ``synchronous=FULL``: a commit that returned is on disk.
+* One writer thread per open database. Callers' writes queue up for it; it
+  takes everything waiting, applies each in its own savepoint (so one failed
+  write cannot spoil another) and commits them together: one fsync for many
+  callers (group commit). Each caller still gets its own versionstamp.
+* Reads run on a small pool of reader threads, each with its own connection,
+  in parallel with the writer (WAL snapshots).
+* Several processes may open one file: ``BEGIN IMMEDIATE`` serialises their
+  writers, and a watch on the ``-wal`` file wakes listeners in every process
+  when any of them commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue as queue_module
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+from kvqueue import errors, model, values
+from kvqueue.clock import Clock, SystemClock
+from kvqueue.model import MutationKind, ValueEncoding
+from kvqueue.storage.filewatch import FileWatch
+from kvqueue.waiting import first_of
+
+T = TypeVar("T")
+
+# Most callers' writes folded into one transaction.
+_MAX_GROUP = 512
+_BUSY_TIMEOUT_MS = 60_000
+_READER_THREADS = 2
+
+# --- SQL ----------------------------------------------------------------------
+SQL_KV_LIVE_VERSION = """
+SELECT version FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)
+"""
+SQL_KV_LIVE_VALUE = """
+SELECT value, encoding FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)
+"""
+SQL_KV_SET = """
+INSERT INTO kv (key, value, encoding, version, expires_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding,
+  version = excluded.version, expires_at = excluded.expires_at
+"""
+SQL_KV_DELETE = "DELETE FROM kv WHERE key = ?"
+SQL_KV_RANGE = """
+SELECT key, value, encoding, version FROM kv
+WHERE key >= ? AND key < ? AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY key LIMIT ?
+"""
+SQL_KV_RANGE_REVERSE = """
+SELECT key, value, encoding, version FROM kv
+WHERE key >= ? AND key < ? AND (expires_at IS NULL OR expires_at > ?)
+ORDER BY key DESC LIMIT ?
+"""
+SQL_KV_PURGE_EXPIRED = "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?"
+SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kv WHERE expires_at IS NOT NULL"
+SQL_META_VERSION = "SELECT version FROM meta WHERE id = 0"
+SQL_META_SET_VERSION = "UPDATE meta SET version = ? WHERE id = 0"
+SQL_MESSAGE_INSERT = """
+INSERT INTO messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+SQL_QUEUE_BACKLOG = "SELECT count FROM queue_backlog WHERE queue = ?"
+SQL_MESSAGE_LEASE = """
+UPDATE messages SET attempts = attempts + 1, lease = ?, visible_at = ?
+WHERE seq IN (
+  SELECT seq FROM messages WHERE queue = ? AND visible_at <= ?
+  ORDER BY visible_at, seq LIMIT ?
+)
+RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
+"""
+SQL_MESSAGE_EXTEND = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
+SQL_MESSAGE_LEASE_HELD = "SELECT 1 FROM messages WHERE id = ? AND lease = ?"
+SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ?"
+SQL_MESSAGE_RETRY = "UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ?"
+SQL_MESSAGE_NEXT_VISIBLE = "SELECT min(visible_at) FROM messages WHERE queue = ?"
+
+
+def _versionstamp(version: int) -> bytes:
+    return version.to_bytes(8, "big") + b"\x00\x00"
+
+
+def _version(versionstamp: bytes) -> int | None:
+    # A versionstamp this database did not hand out can never match a key.
+    if len(versionstamp) != 10 or versionstamp[8:] != b"\x00\x00":
+        return None
+    return int.from_bytes(versionstamp[:8], "big")
+
+
+def _connect(path: str, *, durable: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    scripts = sorted(
+        (item.name, item.read_text("utf-8"))
+        for item in resources.files("kvqueue.storage.sql.sqlite").iterdir()
+        if item.name.endswith(".sql")
+    )
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current >= len(scripts):
+        return
+    # Several processes may open a new file at once: the write lock makes one
+    # of them migrate, and the others see its user_version when they get it.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, (_, script) in enumerate(scripts, start=1):
+            if number > current:
+                for statement in _split_statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _split_statements(script: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
+
+
+@dataclass(slots=True)
+class _Txn:
+    conn: sqlite3.Connection
+    now: int
+    version: int
+
+
+_Op = Callable[[_Txn], Any]
+
+
+class _Writer:
+    """The one thread that writes; it commits whatever is waiting together."""
+
+    def __init__(self, path: str, durable: bool, clock: Clock, on_commit: Callable[[], None]):
+        self._conn = _connect(path, durable=durable)
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._on_commit = on_commit
+        self._requests: queue_module.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = (
+            queue_module.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="kvqueue-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: _Op) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._requests.put((op, future))
+        return future
+
+    async def close(self) -> None:
+        self._requests.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._conn.close()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._requests.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _MAX_GROUP:
+                try:
+                    item = self._requests.get_nowait()
+                except queue_module.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            outcomes = self._apply(batch)
+            self._loop.call_soon_threadsafe(self._settle, outcomes)
+
+    def _apply(
+        self, batch: list[tuple[_Op, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        conn = self._conn
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = errors.StorageError(f"could not start a write: {exc}")
+            error.__cause__ = exc
+            return [(future, None, error) for _, future in batch]
+        try:
+            start = conn.execute(SQL_META_VERSION).fetchone()[0]
+            txn = _Txn(conn, self._clock.now_ms(), start)
+            for op, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(txn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, None, _translate(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, result, None))
+            if txn.version != start:
+                conn.execute(SQL_META_SET_VERSION, (txn.version,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = errors.StorageError(f"the write failed and was rolled back: {exc}")
+            error.__cause__ = exc
+            return [(future, None, error) for _, future in batch]
+        return outcomes
+
+    def _settle(
+        self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        self._on_commit()
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, errors.KvQueueError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        error = errors.StorageError(str(exc))
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+class _Signal:
+    """A broadcast: everyone waiting on the current event wakes when it fires."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+class SqliteStorage:
+    """A database in one SQLite file (see the module docstring for how it writes)."""
+
+    clock: Clock
+
+    def __init__(self, path: str, *, clock: Clock | None = None) -> None:
+        """Prefer :meth:`open`, which also creates the schema."""
+        self.clock = clock or SystemClock()
+        self._temp_dir: str | None = None
+        durable = True
+        if path == ":memory:":
+            # A throwaway file, not SQLite's per-connection memory database, so
+            # the reader threads see the writer's data: the same code path as a
+            # real file, just without fsync and deleted on close.
+            self._temp_dir = tempfile.mkdtemp(prefix="kvqueue-")
+            path = os.path.join(self._temp_dir, "memory.db")
+            durable = False
+        self.path = path
+        self._durable = durable
+        self._closed = False
+        self._signal = _Signal()
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._reader_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="kvqueue-reader")
+        self._writer: _Writer | None = None
+        self._watch: FileWatch | None = None
+
+    @classmethod
+    async def open(cls, path: str, *, clock: Clock | None = None) -> SqliteStorage:
+        """Open (creating if needed) the database file at ``path`` or ``:memory:``."""
+        storage = cls(path, clock=clock)
+        try:
+            await asyncio.to_thread(storage._prepare)
+        except sqlite3.Error as exc:
+            storage._pool.shutdown()
+            raise errors.StorageError(f"cannot open {path!r}: {exc}") from exc
+        storage._writer = _Writer(
+            storage.path, storage._durable, storage.clock, storage._signal.fire
+        )
+        storage._watch = FileWatch(storage.path + "-wal", storage._signal.fire)
+        return storage
+
+    def _prepare(self) -> None:
+        conn = _connect(self.path, durable=self._durable)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            _migrate(conn)
+        finally:
+            conn.close()
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _write(self, op: _Op) -> asyncio.Future[Any]:
+        if self._closed or self._writer is None:
+            raise errors.DatabaseClosed()
+        return self._writer.submit(op)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, durable=self._durable)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._reader_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection, int], T]) -> T:
+        if self._closed:
+            raise errors.DatabaseClosed()
+        now = self.clock.now_ms()
+
+        def run() -> T:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn, now)
+            except sqlite3.Error as exc:
+                raise errors.StorageError(f"read failed: {exc}") from exc
+            finally:
+                conn.execute("COMMIT")
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    # --- Storage ------------------------------------------------------------------
+
+    async def read(self, ranges: Sequence[model.ReadRange]) -> list[list[model.StoredEntry]]:
+        """See :meth:`kvqueue.storage.base.Storage.read`."""
+
+        def run(conn: sqlite3.Connection, now: int) -> list[list[model.StoredEntry]]:
+            out: list[list[model.StoredEntry]] = []
+            for r in ranges:
+                sql = SQL_KV_RANGE_REVERSE if r.reverse else SQL_KV_RANGE
+                rows = conn.execute(sql, (r.start, r.end, now, r.limit)).fetchall()
+                out.append(
+                    [
+                        model.StoredEntry(k, v, ValueEncoding(e), _versionstamp(ver))
+                        for k, v, e, ver in rows
+                    ]
+                )
+            return out
+
+        return await self._read(run)
+
+    async def commit(self, write: model.AtomicWrite) -> bytes | None:
+        """See :meth:`kvqueue.storage.base.Storage.commit`."""
+        result: bytes | None = await self._write(lambda txn: _apply_write(txn, write))
+        return result
+
+    async def lease(self, queue: str, *, limit: int, lease_ms: int) -> list[model.LeasedMessage]:
+        """See :meth:`kvqueue.storage.base.Storage.lease`."""
+
+        def op(txn: _Txn) -> list[model.LeasedMessage]:
+            token = secrets.token_hex(8)
+            rows = txn.conn.execute(
+                SQL_MESSAGE_LEASE, (token, txn.now + lease_ms, queue, txn.now, limit)
+            ).fetchall()
+            rows.sort(key=lambda row: row[0])
+            return [
+                model.LeasedMessage(queue, mid, body, ctype, enq, attempts, token, attrs)
+                for _, mid, body, ctype, enq, attempts, attrs in rows
+            ]
+
+        leased: list[model.LeasedMessage] = await self._write(op)
+        return leased
+
+    async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
+        """See :meth:`kvqueue.storage.base.Storage.extend`."""
+
+        def op(txn: _Txn) -> set[str]:
+            held: set[str] = set()
+            for lease in leases:
+                cursor = txn.conn.execute(
+                    SQL_MESSAGE_EXTEND, (txn.now + lease_ms, lease.message_id, lease.lease)
+                )
+                if cursor.rowcount:
+                    held.add(lease.message_id)
+            return held
+
+        extended: set[str] = await self._write(op)
+        return extended
+
+    async def wait(self, queue: str | None, *, timeout_ms: int) -> None:
+        """See :meth:`kvqueue.storage.base.Storage.wait`."""
+        # Take the event before looking, so a commit landing after the look wakes us.
+        event = self._signal.current()
+        due_in: int | None = None
+        if queue is not None:
+            next_visible = await self._read(
+                lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue,)).fetchone()[0]
+            )
+            if next_visible is not None:
+                due_in = next_visible - self.clock.now_ms()
+                if due_in <= 0:
+                    return
+        if due_in is None:
+            await first_of(event.wait(), asyncio.sleep(timeout_ms / 1000))
+        else:
+            await first_of(
+                event.wait(), asyncio.sleep(timeout_ms / 1000), self.clock.sleep(due_in / 1000)
+            )
+
+    async def purge_expired(self) -> int | None:
+        """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""
+
+        def op(txn: _Txn) -> int | None:
+            txn.conn.execute(SQL_KV_PURGE_EXPIRED, (txn.now,))
+            nxt = txn.conn.execute(SQL_KV_NEXT_EXPIRY).fetchone()[0]
+            return None if nxt is None else max(0, nxt - txn.now)
+
+        remaining: int | None = await self._write(op)
+        return remaining
+
+    async def close(self) -> None:
+        """See :meth:`kvqueue.storage.base.Storage.close`."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watch is not None:
+            self._watch.close()
+        if self._writer is not None:
+            await self._writer.close()
+        self._pool.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._signal.fire()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _apply_write(txn: _Txn, write: model.AtomicWrite) -> bytes | None:
+    conn, now = txn.conn, txn.now
+    for check in write.checks:
+        row = conn.execute(SQL_KV_LIVE_VERSION, (check.key, now)).fetchone()
+        if check.versionstamp is None:
+            passed = row is None
+        else:
+            passed = row is not None and row[0] == _version(check.versionstamp)
+        if not passed:
+            return None
+    for lease in write.lease_checks:
+        if conn.execute(SQL_MESSAGE_LEASE_HELD, (lease.message_id, lease.lease)).fetchone() is None:
+            return None
+    txn.version += 1
+    version = txn.version
+    for m in write.mutations:
+        if m.kind is MutationKind.SET:
+            expires = None if m.expire_in_ms is None else now + m.expire_in_ms
+            conn.execute(SQL_KV_SET, (m.key, m.value, int(m.encoding), version, expires))
+        elif m.kind is MutationKind.DELETE:
+            conn.execute(SQL_KV_DELETE, (m.key,))
+        else:
+            current = conn.execute(SQL_KV_LIVE_VALUE, (m.key, now)).fetchone()
+            combined = values.combine_u64(m.kind, current, m.value)
+            # Like Deno, arithmetic clears an expiry set earlier.
+            conn.execute(SQL_KV_SET, (m.key, combined, int(ValueEncoding.LE64), version, None))
+    for e in write.enqueues:
+        conn.execute(
+            SQL_MESSAGE_INSERT,
+            (e.queue, e.message_id, e.body, e.content_type, now, now + e.delay_ms, e.attributes),
+        )
+        if e.max_backlog is not None:
+            count = conn.execute(SQL_QUEUE_BACKLOG, (e.queue,)).fetchone()[0]
+            if count > e.max_backlog:
+                raise errors.QueueFull(e.queue, e.max_backlog)
+    for s in write.settlements:
+        if isinstance(s, model.Ack):
+            conn.execute(SQL_MESSAGE_ACK, (s.message_id,))
+        else:
+            conn.execute(SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease))
+    return _versionstamp(version)

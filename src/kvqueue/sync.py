@@ -1,0 +1,205 @@
+"""Database: the synchronous face of AsyncDatabase.
+
+A Database owns an event loop on a thread of its own and runs the async core
+there; each method here is generated from its async twin by one helper
+(:func:`_blocking`), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import contextlib
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+from kvqueue import errors, limits, model
+from kvqueue.atomic import AtomicOperation
+from kvqueue.clock import Clock
+from kvqueue.database import AsyncDatabase, open_async
+from kvqueue.keys import Key
+from kvqueue.kv_queue import in_handler
+from kvqueue.listing import ListIterator
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _invoke(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
+
+
+class _Portal:
+    """An event loop on its own thread, and a way for other threads to run coroutines on it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._thread = threading.Thread(target=self._serve, name="kvqueue-loop", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            with self._lock:
+                self._stopped = True
+                pending, self._pending = self._pending, set()
+            for future in pending:
+                if not future.done():
+                    future.set_exception(errors.DatabaseClosed())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on the loop and wait for its result."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a sync kvqueue call cannot be made from its own event loop")
+        with self._lock:
+            if self._stopped:
+                raise errors.DatabaseClosed()
+            future = asyncio.run_coroutine_threadsafe(_invoke(fn, args, kwargs), self._loop)
+            self._pending.add(future)
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self._pending.discard(future)
+
+    def stop(self) -> None:
+        """Stop the loop after the callbacks now due (from any thread)."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def join(self) -> None:
+        """Wait for the loop thread to end."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncDatabase, P], Awaitable[T]],
+) -> Callable[Concatenate[Database, P], T]:
+    def call(self: Database, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.run(method, self._async, *args, **kwargs)
+
+    return cast("Callable[Concatenate[Database, P], T]", functools.wraps(method)(call))
+
+
+class Database:
+    """A KV keyspace and its queues. Open it with ``kvqueue.open``; close it or use ``with``."""
+
+    def __init__(self, portal: _Portal, database: AsyncDatabase) -> None:
+        self._portal = portal
+        self._async = database
+        database.on_closed(portal.stop)
+
+    get = _blocking(AsyncDatabase.get)
+    get_many = _blocking(AsyncDatabase.get_many)
+    set = _blocking(AsyncDatabase.set)
+    delete = _blocking(AsyncDatabase.delete)
+    enqueue = _blocking(AsyncDatabase.enqueue)
+
+    def listen_queue(
+        self, handler: Callable[[Any], Any], *, concurrency: int | None = None
+    ) -> None:
+        """Run ``handler`` on every KV-queue message; blocks until the database is closed.
+
+        ``handler`` may be a plain function (run on a thread pool) or a coroutine
+        function. Returning acknowledges the message; raising retries it per its
+        backoff schedule. Up to ``concurrency`` handlers run at once.
+        """
+        self._portal.run(self._async.listen_queue, handler, concurrency=concurrency)
+        # It returned because the database is closing: leave once it is closed.
+        self._portal.join()
+
+    def list(
+        self,
+        prefix: Key | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+        batch_size: int | None = None,
+    ) -> ListIterator:
+        """Entries in key order; resumable from the iterator's ``.cursor``."""
+        pages = self._async.list(
+            prefix, start, end, limit=limit, reverse=reverse, cursor=cursor, batch_size=batch_size
+        )
+        return ListIterator(pages.pager, self._portal.run)
+
+    def watch(self, keys: Iterable[Key]) -> Iterator[builtins.list[model.Entry]]:
+        """Yield the entries of ``keys`` now, then again whenever one of them changes."""
+        stream = self._async.watch(builtins.list(keys))
+        try:
+            while True:
+                try:
+                    yield self._portal.run(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            with contextlib.suppress(errors.DatabaseClosed):
+                self._portal.run(stream.aclose)
+
+    def atomic(self) -> AtomicOperation:
+        """Start an atomic operation: ``.check()``, ``.set()``, ..., then ``.commit()``."""
+        return AtomicOperation(
+            lambda write: self._portal.run(self._async.commit_write, write),
+            max_backlog=self._async.kv_queue_backlog,
+        )
+
+    def close(self) -> None:
+        """Stop listening, let running handlers settle, close the storage.
+
+        Called from inside a handler, it starts the shutdown and returns; the
+        ``listen_queue`` call returns once everything is closed.
+        """
+        from_handler = in_handler.get()
+        with contextlib.suppress(errors.DatabaseClosed):
+            self._portal.run(self._async.shutdown, wait=not from_handler)
+        if not from_handler:
+            self._portal.join()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of the underlying storage."""
+        return self._async.clock
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(
+    path: str = ":memory:",
+    *,
+    token: str | None = None,
+    clock: Clock | None = None,
+    kv_queue_backlog: int = limits.DEFAULT_KV_QUEUE_BACKLOG,
+    lease_ms: int = limits.DEFAULT_LEASE_MS,
+) -> Database:
+    """Open a database; the arguments are those of :func:`kvqueue.open_async`."""
+    portal = _Portal()
+    try:
+        database = portal.run(
+            open_async,
+            path,
+            token=token,
+            clock=clock,
+            kv_queue_backlog=kv_queue_backlog,
+            lease_ms=lease_ms,
+        )
+    except BaseException:
+        portal.stop()
+        portal.join()
+        raise
+    return Database(portal, database)

@@ -1,0 +1,49 @@
+"""Small test helpers: waiting for conditions and recording handler calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kvqueue
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` real seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+
+
+async def asleep_until(clock: kvqueue.FakeClock, ms: int) -> None:
+    """Wait until something sleeps on ``clock`` until exactly ``ms``."""
+    await wait_until(lambda: ms in clock.deadlines())
+
+
+class Recorder:
+    """A handler that records each call (value and clock time) and can fail on purpose."""
+
+    def __init__(
+        self, clock: kvqueue.Clock | None = None, *, fail: Callable[[Any, int], bool] | None = None
+    ):
+        self.calls: list[tuple[Any, int]] = []
+        self._clock = clock
+        self._fail = fail or (lambda value, attempt: False)
+
+    def __call__(self, value: Any) -> None:
+        now = self._clock.now_ms() if self._clock else 0
+        self.calls.append((value, now))
+        attempt = sum(1 for v, _ in self.calls if v == value)
+        if self._fail(value, attempt):
+            raise RuntimeError(f"handler failed on purpose on attempt {attempt}")
+
+    @property
+    def values(self) -> list[Any]:
+        return [v for v, _ in self.calls]
+
+    async def wait_for(self, count: int, within: float = 10.0) -> None:
+        await wait_until(lambda: len(self.calls) >= count, within)
