@@ -12,10 +12,10 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
-from kvqueue import errors, keys, limits, model, values
+from kvqueue import errors, limits, model, values
 from kvqueue.atomic import AsyncAtomicOperation, kv_enqueue
 from kvqueue.clock import Clock
-from kvqueue.keys import Key
+from kvqueue.keys import Key, encode_read_key, successor
 from kvqueue.kv_queue import Listener, in_handler
 from kvqueue.listing import AsyncListIterator, Pager
 from kvqueue.storage import Storage, open_storage
@@ -23,8 +23,10 @@ from kvqueue.waiting import first_of
 
 logger = logging.getLogger("kvqueue")
 
-# Longest pause of the expiry sweeper when nothing is due sooner.
+# Longest pause of the expiry sweeper when a key expires later than that, and
+# when none expires (reads skip expired keys; sweeping only reclaims space).
 _SWEEP_MAX_MS = 60_000
+_SWEEP_IDLE_MS = 3_600_000
 # How long a watch waits for a wake-up before reading its keys again anyway.
 _WATCH_RECHECK_MS = 5_000
 
@@ -72,16 +74,14 @@ class AsyncDatabase:
         (entry,) = await self.get_many([key])
         return entry
 
-    async def get_many(self, keys_: Iterable[Key]) -> list[model.Entry]:
+    async def get_many(self, keys: Iterable[Key]) -> list[model.Entry]:
         """The entries at several keys, read from one consistent snapshot."""
         self._ensure_open()
-        wanted = [tuple(k) if isinstance(k, list) else k for k in keys_]
+        wanted = [tuple(k) if isinstance(k, list) else k for k in keys]
         if len(wanted) > limits.MAX_GET_MANY_KEYS:
             raise errors.LimitExceeded("MAX_GET_MANY_KEYS", limits.MAX_GET_MANY_KEYS, len(wanted))
-        encoded = [keys.encode_read_key(k) for k in wanted]
-        pages = await self._storage.read(
-            [model.ReadRange(e, keys.successor(e), 1) for e in encoded]
-        )
+        encoded = [encode_read_key(k) for k in wanted]
+        pages = await self._storage.read([model.ReadRange(e, successor(e), 1) for e in encoded])
         return [
             values.entry_from_stored(k, page[0] if page else None)
             for k, page in zip(wanted, pages, strict=True)
@@ -123,9 +123,9 @@ class AsyncDatabase:
             )
         )
 
-    async def watch(self, keys_: Iterable[Key]) -> AsyncGenerator[builtins.list[model.Entry], None]:
-        """Yield the entries of ``keys_`` now, then again whenever one of them changes."""
-        wanted = list(keys_)
+    async def watch(self, keys: Iterable[Key]) -> AsyncGenerator[builtins.list[model.Entry], None]:
+        """Yield the entries of ``keys`` now, then again whenever one of them changes."""
+        wanted = list(keys)
         if len(wanted) > limits.MAX_WATCHED_KEYS:
             raise errors.TooManyWatchedKeys(
                 "MAX_WATCHED_KEYS", limits.MAX_WATCHED_KEYS, len(wanted)
@@ -230,7 +230,7 @@ class AsyncDatabase:
             except errors.KvQueueError:
                 logger.exception("could not purge expired keys")
                 remaining = None
-            pause = _SWEEP_MAX_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
+            pause = _SWEEP_IDLE_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
             self._expiry_added.clear()
             await first_of(self._storage.clock.sleep(pause / 1000), self._expiry_added.wait())
 

@@ -84,6 +84,7 @@ class Listener:
         self._lease_ms = lease_ms
         self._inflight: dict[str, tuple[model.LeasedMessage, asyncio.Task[None]]] = {}
         self._slot_free = asyncio.Event()
+        self._busy = asyncio.Event()
         self._stop = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
 
@@ -111,6 +112,7 @@ class Listener:
                 for message in leased:
                     task = asyncio.create_task(self._deliver(message))
                     self._inflight[message.message_id] = (message, task)
+                self._busy.set()
             if self._inflight:
                 await asyncio.gather(*(t for _, t in self._inflight.values()))
         finally:
@@ -184,6 +186,9 @@ class Listener:
     async def _renew_leases(self) -> None:
         interval = self._lease_ms / 3 / 1000
         while True:
+            if not self._inflight:
+                self._busy.clear()
+                await self._busy.wait()
             await self._storage.clock.sleep(interval)
             held = [model.LeaseCheck(m.message_id, m.lease) for m, _ in self._inflight.values()]
             if not held:

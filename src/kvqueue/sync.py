@@ -50,11 +50,13 @@ class _Portal:
         finally:
             with self._lock:
                 self._stopped = True
+            # Hand over results that finished just before the stop, then fail the rest.
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            with self._lock:
                 pending, self._pending = self._pending, set()
             for future in pending:
                 if not future.done():
                     future.set_exception(errors.DatabaseClosed())
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
