@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import Recorder, asleep_until, wait_until
 
 import kvqueue
+from tests.helpers import Recorder, asleep_until, wait_until
 
 
 async def _listening(
