@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kvqueue
@@ -47,3 +49,35 @@ class Recorder:
 
     async def wait_for(self, count: int, within: float = 10.0) -> None:
         await wait_until(lambda: len(self.calls) >= count, within)
+
+
+def same(actual: object, expected: object, *, loose_numbers: bool = False) -> bool:
+    """Equal with the same types all the way down; nan equals nan, -0.0 is not 0.0.
+
+    With *loose_numbers*, an int and a float of equal value count as the same,
+    since JavaScript has one number type and V8 picks the encoding.
+    """
+    numbers = (int, float)
+    if loose_numbers and isinstance(actual, numbers) and isinstance(expected, numbers):
+        if isinstance(actual, bool) or isinstance(expected, bool):
+            return actual is expected
+        if isinstance(expected, float) and math.isnan(expected):
+            return isinstance(actual, float) and math.isnan(actual)
+        return actual == expected and math.copysign(1, actual) == math.copysign(1, expected)
+    if type(actual) is not type(expected):
+        return False
+    if isinstance(actual, float) and isinstance(expected, float):
+        if math.isnan(expected):
+            return math.isnan(actual)
+        return actual == expected and math.copysign(1, actual) == math.copysign(1, expected)
+    if isinstance(actual, list) and isinstance(expected, list):
+        return len(actual) == len(expected) and all(
+            same(a, e, loose_numbers=loose_numbers) for a, e in zip(actual, expected, strict=True)
+        )
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return list(actual) == list(expected) and all(
+            same(actual[k], expected[k], loose_numbers=loose_numbers) for k in actual
+        )
+    if isinstance(actual, datetime):
+        return actual == expected and actual.tzinfo is UTC
+    return actual == expected

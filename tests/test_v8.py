@@ -17,28 +17,12 @@ from hypothesis import strategies as st
 from kvqueue import errors
 from kvqueue.model import KvU64
 from kvqueue.v8 import dumps, loads
+from tests.helpers import same
 
 # No example database: it would write a .hypothesis directory into the tree.
 FUZZ = settings(
     database=None, deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow]
 )
-
-
-def same(actual: object, expected: object) -> bool:
-    """Equal with the same types all the way down; nan equals nan, -0.0 is not 0.0."""
-    if type(actual) is not type(expected):
-        return False
-    if isinstance(actual, float) and isinstance(expected, float):
-        if math.isnan(expected):
-            return math.isnan(actual)
-        return actual == expected and math.copysign(1, actual) == math.copysign(1, expected)
-    if isinstance(actual, list) and isinstance(expected, list):
-        return len(actual) == len(expected) and all(map(same, actual, expected))
-    if isinstance(actual, dict) and isinstance(expected, dict):
-        return list(actual) == list(expected) and all(same(actual[k], expected[k]) for k in actual)
-    if isinstance(actual, datetime):
-        return actual == expected and actual.tzinfo is UTC
-    return actual == expected
 
 
 def nested(levels: int) -> object:
