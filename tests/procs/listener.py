@@ -23,11 +23,17 @@ def main() -> None:
     logging.getLogger("kvqueue").setLevel(logging.DEBUG)
     db = kvqueue.open(path, lease_ms=lease_ms)
 
+    def say(line: str) -> None:
+        # One write per line: print() writes the newline separately, and
+        # handler threads would interleave their lines.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
     def handler(value: Any) -> None:
-        print(f"handling {value}", flush=True)
+        say(f"handling {value}")
         if value == "hang":
             threading.Event().wait()
-        print(f"handled {value}", flush=True)
+        say(f"handled {value}")
 
     db.listen_queue(handler, concurrency=4)
 
