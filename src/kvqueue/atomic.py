@@ -143,6 +143,7 @@ class _Builder(Generic[R]):
         self._checks: list[model.Check] = []
         self._mutations: list[model.Mutation] = []
         self._enqueues: list[model.Enqueue] = []
+        self._enqueue_bytes = 0
 
     def check(self, *checks: Any) -> Self:
         """Require each key to still have the given versionstamp (None: be absent)."""
@@ -196,15 +197,16 @@ class _Builder(Generic[R]):
 
         ``delay`` and ``backoff_schedule`` are in milliseconds, as in Deno.
         """
-        self._enqueues.append(
-            kv_enqueue(
-                value,
-                delay=delay,
-                keys_if_undelivered=keys_if_undelivered,
-                backoff_schedule=backoff_schedule,
-                max_backlog=self._max_backlog,
-            )
+        message = kv_enqueue(
+            value,
+            delay=delay,
+            keys_if_undelivered=keys_if_undelivered,
+            backoff_schedule=backoff_schedule,
+            max_backlog=self._max_backlog,
         )
+        backoff, undelivered = decode_attributes(message.attributes)
+        self._enqueue_bytes += len(message.body) + 4 * len(backoff) + sum(map(len, undelivered))
+        self._enqueues.append(message)
         return self
 
     def build(self) -> model.AtomicWrite:
@@ -216,9 +218,7 @@ class _Builder(Generic[R]):
             raise errors.TooManyMutations("MAX_MUTATIONS", limits.MAX_MUTATIONS, count)
         size = sum(len(c.key) for c in self._checks)
         size += sum(len(m.key) + len(m.value) for m in self._mutations)
-        for e in self._enqueues:
-            backoff, undelivered = decode_attributes(e.attributes)
-            size += len(e.body) + 4 * len(backoff) + sum(len(k) for k in undelivered)
+        size += self._enqueue_bytes
         if size > limits.MAX_ATOMIC_BYTES:
             raise errors.AtomicTooLarge("MAX_ATOMIC_BYTES", limits.MAX_ATOMIC_BYTES, size)
         return model.AtomicWrite(
