@@ -82,13 +82,14 @@ def test_k1_type_order() -> None:
 _RANK = {bytes: 0, str: 1, int: 2, float: 3, bool: 4}
 
 
-def _float_key(x: float) -> tuple[int, float]:
+def _float_key(x: float) -> tuple[int, float, int]:
     negative = math.copysign(1.0, x) < 0
     if math.isnan(x):
-        return (0, 0.0) if negative else (4, 0.0)
+        return (0, 0.0, 0) if negative else (4, 0.0, 0)
     if x == 0.0:
-        return (2, -1.0 if negative else 0.0)
-    return (2, x) if not math.isinf(x) else ((1, 0.0) if x < 0 else (3, 0.0))
+        # -0.0 sorts right below +0.0, above every negative number.
+        return (2, 0.0, 0 if negative else 1)
+    return (2, x, 0) if not math.isinf(x) else ((1, 0.0, 0) if x < 0 else (3, 0.0, 0))
 
 
 def _part_cmp(a: Any, b: Any) -> int:

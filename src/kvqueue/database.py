@@ -15,8 +15,9 @@ from typing import Any
 from kvqueue import errors, limits, model, values
 from kvqueue.atomic import AsyncAtomicOperation, kv_enqueue
 from kvqueue.clock import Clock
+from kvqueue.delivery import in_handler
 from kvqueue.keys import Key, encode_read_key, successor
-from kvqueue.kv_queue import Listener, in_handler
+from kvqueue.kv_queue import Listener
 from kvqueue.listing import AsyncListIterator, Pager
 from kvqueue.storage import Storage, open_storage
 from kvqueue.waiting import first_of
@@ -158,12 +159,14 @@ class AsyncDatabase:
     async def commit_write(self, write: model.AtomicWrite) -> model.CommitResult:
         """Commit a prepared, validated AtomicWrite (what ``atomic().commit()`` does)."""
         self._ensure_open()
-        stamp = await self._storage.commit(write)
-        if stamp is None:
+        committed = await self._storage.commit(write)
+        if committed is None:
             return model.CommitResult(ok=False)
         if any(m.expire_in_ms is not None for m in write.mutations):
             self._expiry_added.set()
-        return model.CommitResult(ok=True, versionstamp=values.versionstamp_hex(stamp))
+        return model.CommitResult(
+            ok=True, versionstamp=values.versionstamp_hex(committed.versionstamp)
+        )
 
     # --- The KV queue --------------------------------------------------------
 

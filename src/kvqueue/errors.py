@@ -5,6 +5,10 @@ docstring says when it is raised and doubles as its default message. Driver
 errors (sqlite3, later psycopg and HTTP) are translated at the storage boundary
 with ``raise ... from exc``; the original is kept as ``__cause__``.
 
+Each error also has the HTTP status and Cloudflare Queues error code a server
+answers with (``exc.status``, ``exc.code``), from the one table
+:data:`ERROR_CODES` at the end of this module.
+
 ::
 
     KvQueueError
@@ -12,6 +16,9 @@ with ``raise ... from exc``; the original is kept as ``__cause__``.
     │   ├── InvalidKey
     │   ├── InvalidValue
     │   ├── InvalidOption                       a setting out of its range
+    │   ├── InvalidQueueName
+    │   ├── InvalidMessage                      a body that does not fit its content type
+    │   ├── EmptyBatch
     │   └── LimitExceeded                       a named limit of kvqueue.limits
     │       ├── KeyTooLarge
     │       ├── ValueTooLarge
@@ -22,8 +29,16 @@ with ``raise ... from exc``; the original is kept as ``__cause__``.
     │       ├── TooManyWatchedKeys
     │       ├── TooManyUndeliveredKeys
     │       ├── InvalidDelay
-    │       └── InvalidBackoffSchedule
+    │       │   └── InvalidBatchDelay
+    │       ├── InvalidBackoffSchedule
+    │       ├── MessageTooLarge
+    │       ├── BatchTooLarge
+    │       └── TooManyMessages
     ├── TypeMismatch                            sum/min/max on a stored non-KvU64 value
+    ├── QueueNotFound
+    ├── QueueExists
+    ├── ConsumerExists                          a queue has one consumer, of one type
+    ├── QueuePaused                             delivery is paused (pull refused)
     ├── QueueFull                               the queue's backlog limit is reached
     ├── ListenerAlreadyRunning
     ├── DatabaseClosed
@@ -40,6 +55,16 @@ class KvQueueError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def status(self) -> int:
+        """The HTTP status a server answers this error with."""
+        return _lookup(type(self))[0]
+
+    @property
+    def code(self) -> int:
+        """The Cloudflare Queues error code of this error (15000 when it has none)."""
+        return _lookup(type(self))[1]
 
 
 class InvalidInput(KvQueueError, ValueError):
@@ -72,10 +97,14 @@ class LimitExceeded(InvalidInput):
     #: What was measured, for the message.
     subject: str = "input"
 
-    def __init__(self, limit: str, maximum: int, actual: int, *, detail: str = "") -> None:
+    def __init__(
+        self, limit: str, maximum: int, actual: int, *, detail: str = "", unit: str | None = None
+    ) -> None:
         self.limit = limit
         self.maximum = maximum
         self.actual = actual
+        if unit is not None:
+            self.unit = unit
         unit = f" {self.unit}" if self.unit else ""
         message = (
             f"{self.subject} is {actual:,}{unit}, over the limit {limit} = {maximum:,}{unit}"
@@ -155,19 +184,94 @@ class InvalidBackoffSchedule(LimitExceeded):
     subject = "backoff_schedule"
 
 
+class InvalidBatchDelay(InvalidDelay):
+    """A batch's delay is negative or longer than allowed."""
+
+    subject = "batch delay"
+
+
+class MessageTooLarge(LimitExceeded):
+    """A named-queue message body is longer than the message limit."""
+
+    unit = "bytes"
+    subject = "message"
+
+
+class BatchTooLarge(LimitExceeded):
+    """The messages of one send_batch are too large together."""
+
+    unit = "bytes"
+    subject = "batch"
+
+
+class TooManyMessages(LimitExceeded):
+    """A send_batch holds more messages than allowed."""
+
+    unit = "messages"
+    subject = "batch"
+
+
+class InvalidQueueName(InvalidInput):
+    """A queue name is 1-63 lowercase letters, digits and dashes, not starting or
+    ending with a dash."""
+
+
+class InvalidMessage(InvalidInput):
+    """A message body does not fit its content type, or the content type is unknown."""
+
+
+class EmptyBatch(InvalidInput):
+    """send_batch needs at least one message."""
+
+
 class TypeMismatch(KvQueueError):
     """sum, min and max need the stored value to be a KvU64."""
+
+
+class QueueNotFound(KvQueueError):
+    """There is no queue by that name."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(f"there is no queue named {queue!r}")
+
+
+class QueueExists(KvQueueError):
+    """A queue by that name already exists."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(f"a queue named {queue!r} already exists")
+
+
+class ConsumerExists(KvQueueError):
+    """The queue already has a consumer; a queue has one consumer, of one type."""
+
+    def __init__(self, queue: str, existing: str) -> None:
+        self.queue = queue
+        self.existing = existing
+        super().__init__(
+            f"queue {queue!r} already has a consumer ({existing}); a queue has one consumer,"
+            f" of one type: remove it first with db.queues.remove_consumer({queue!r})"
+        )
+
+
+class QueuePaused(KvQueueError):
+    """Delivery from the queue is paused (queue_delivery_paused); resume it to pull."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(f"queue_delivery_paused: delivery from queue {queue!r} is paused")
 
 
 class QueueFull(KvQueueError):
     """The queue holds as many undelivered messages as its backlog limit allows."""
 
-    def __init__(self, queue: str, maximum: int) -> None:
+    def __init__(self, queue: str, maximum: int, *, unit: str = "undelivered messages") -> None:
         self.queue = queue
         self.maximum = maximum
         super().__init__(
-            f"queue {queue!r} holds {maximum:,} undelivered messages, its backlog limit;"
-            " nothing was enqueued"
+            f"queue {queue!r} holds {maximum:,} {unit}, its backlog limit; nothing was sent"
         )
 
 
@@ -189,3 +293,33 @@ class StorageError(KvQueueError):
 
 class MissingDependency(StorageError):
     """An optional dependency is not installed."""
+
+
+#: HTTP status and Cloudflare Queues error code per error class. A class not
+#: listed takes its nearest listed base class's pair.
+ERROR_CODES: dict[type[KvQueueError], tuple[int, int]] = {
+    KvQueueError: (500, 15000),  # UnknownInternalError
+    InvalidInput: (400, 10207),  # JSONRequestBodyInvalid
+    InvalidDelay: (400, 10203),  # MessageMetadataInvalid
+    InvalidBatchDelay: (400, 10202),  # BatchDelayInvalid
+    InvalidMessage: (400, 10203),
+    MessageTooLarge: (400, 10204),  # MessageSizeOutOfBounds
+    BatchTooLarge: (400, 10205),  # BatchSizeOutOfBounds
+    TooManyMessages: (400, 10206),  # BatchCountOutOfBounds
+    EmptyBatch: (400, 10206),
+    InvalidQueueName: (400, 11003),
+    QueueNotFound: (404, 10104),
+    QueueExists: (409, 11009),
+    ConsumerExists: (409, 11004),
+    QueuePaused: (409, 10252),  # QueueDisabled
+    QueueFull: (429, 10251),  # QueueStorageLimitExceeded
+    DatabaseClosed: (503, 15000),
+}
+
+
+def _lookup(cls: type[KvQueueError]) -> tuple[int, int]:
+    for base in cls.__mro__:
+        pair = ERROR_CODES.get(base)
+        if pair is not None:
+            return pair
+    return ERROR_CODES[KvQueueError]

@@ -46,3 +46,39 @@ DEFAULT_KV_QUEUE_BACKLOG = 100_000
 DEFAULT_LEASE_MS = 30_000
 #: Handlers listen_queue runs at once by default.
 DEFAULT_LISTEN_CONCURRENCY = 100
+
+# --- Named queues (Cloudflare face) -------------------------------------------
+#: Longest queue name; names match ``^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$``.
+MAX_QUEUE_NAME_LENGTH = 63
+#: Largest message body, in bytes (Cloudflare: 128 KB, 1 KB = 1000 B).
+MAX_MESSAGE_BYTES = 128_000
+#: Most messages in one send_batch.
+MAX_BATCH_MESSAGES = 100
+#: Most bytes of bodies in one send_batch.
+MAX_BATCH_BYTES = 256_000
+#: Longest delivery, send or retry delay, in seconds (24 hours).
+MAX_DELAY_SECONDS = 86_400
+#: Shortest and longest message_retention_period, in seconds (60 s .. 14 days).
+MIN_RETENTION_SECONDS = 60
+MAX_RETENTION_SECONDS = 1_209_600
+#: How long an unconsumed message is kept by default: 4 days, in seconds.
+DEFAULT_RETENTION_SECONDS = 345_600
+#: Default bytes a queue may hold undelivered (Cloudflare: 25 GB per queue).
+DEFAULT_QUEUE_BACKLOG_BYTES = 25_000_000_000
+#: Push consumer: messages per batch (1 .. 100, default 10).
+MAX_BATCH_SIZE = 100
+DEFAULT_BATCH_SIZE = 10
+#: Push consumer: seconds to wait for a full batch (0 .. 60, default 5).
+MAX_BATCH_TIMEOUT_SECONDS = 60
+DEFAULT_BATCH_TIMEOUT_SECONDS = 5
+#: Retries before a message is dead-lettered (0 .. 100, default 3: 4 deliveries).
+MAX_RETRIES = 100
+DEFAULT_MAX_RETRIES = 3
+#: Push consumer: batches at once for one queue, across every worker (1 .. 250).
+MAX_CONCURRENCY = 250
+#: Pull consumer: messages per pull (1 .. 100, default 5).
+MAX_PULL_BATCH_SIZE = 100
+DEFAULT_PULL_BATCH_SIZE = 5
+#: Pull consumer: how long a pulled message stays leased (at most 12 h, default 30 s).
+MAX_VISIBILITY_TIMEOUT_MS = 43_200_000
+DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000

@@ -20,8 +20,8 @@ from kvqueue import errors, limits, model
 from kvqueue.atomic import AtomicOperation
 from kvqueue.clock import Clock
 from kvqueue.database import AsyncDatabase, open_async
+from kvqueue.delivery import in_handler
 from kvqueue.keys import Key
-from kvqueue.kv_queue import in_handler
 from kvqueue.listing import ListIterator
 
 P = ParamSpec("P")

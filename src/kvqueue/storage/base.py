@@ -34,30 +34,67 @@ class Storage(Protocol):
         """
         ...
 
-    async def commit(self, write: model.AtomicWrite) -> bytes | None:
+    async def commit(self, write: model.AtomicWrite) -> model.Committed | None:
         """Apply a whole atomic write, or nothing of it.
 
-        Checks first: if a key check or lease check fails, nothing is written and
-        the result is ``None``. Otherwise mutations apply in order, then
-        enqueues, then settlements, all in one transaction, and the result is
-        the commit's 10-byte versionstamp (strictly greater than any before it;
-        every key written by this commit carries it).
+        Checks first: if a key check or lease check fails, or a queue change's
+        ``expect`` does not hold, nothing is written and the result is ``None``.
+        Otherwise queue changes apply in order, then mutations, then enqueues,
+        then settlements, all in one transaction. The result carries the
+        commit's 10-byte versionstamp (strictly greater than any before it;
+        every key written by this commit carries it) and, per settlement,
+        whether it found its message. A settlement that finds nothing is not
+        an error: the message was already settled, or its lease ran out.
+
+        A Retry adds one to its queue's retried count, a DeadLetter to its
+        queue's dead-lettered count (kept for metrics).
 
         Raises:
             TypeMismatch: a sum/min/max met a stored value that is not a KvU64.
-            QueueFull: an enqueue would take its queue past ``max_backlog``.
+            QueueNotFound: an enqueue, change or dead-letter names a missing queue.
+            QueueExists: a CreateQueue without ``if_absent`` met an existing queue.
+            QueueFull: enqueues would take a queue past its backlog limit.
             StorageError: the store failed; nothing was written.
         """
         ...
 
-    async def lease(self, queue: str, *, limit: int, lease_ms: int) -> list[model.LeasedMessage]:
-        """Take up to ``limit`` visible messages of ``queue``, oldest first.
+    async def lease(
+        self,
+        queue: str,
+        *,
+        lease: str,
+        limit: int,
+        lease_ms: int,
+        max_leases: int | None = None,
+    ) -> list[model.LeasedMessage]:
+        """Take up to ``limit`` visible messages of ``queue``, oldest first, under ``lease``.
 
         Each taken message has its ``attempts`` raised by one and is invisible to
         every other caller for ``lease_ms``, after which it is visible again
         unless it was settled or its lease extended. Two callers never hold the
-        same message at once.
+        same message at once. The caller names the lease, so it can add more
+        messages to one lease later.
+
+        With ``max_leases``, nothing is taken while that many other leases
+        (batches) still hold messages of the queue: this is how a consumer's
+        concurrency is bounded across every process sharing the store.
         """
+        ...
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[model.QueueRecord]:
+        """The named queues that exist (all of them, by name, when ``names`` is None)."""
+        ...
+
+    async def stats(self, queue: str) -> model.QueueStats:
+        """Backlog, oldest message, in-flight count and counters of one queue.
+
+        Raises:
+            QueueNotFound: there is no such queue.
+        """
+        ...
+
+    async def peek(self, queue: str, *, limit: int) -> list[model.StoredMessage]:
+        """Up to ``limit`` messages of ``queue`` in delivery order, leasing nothing."""
         ...
 
     async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
@@ -81,9 +118,11 @@ class Storage(Protocol):
         ...
 
     async def purge_expired(self) -> int | None:
-        """Delete keys whose expiry has passed.
+        """Delete keys whose expiry has passed, and messages older than their
+        queue's retention (paused or not, leased or not).
 
-        Returns milliseconds until the next expiry, or None if no key expires.
+        Returns milliseconds until the next key or message expires, or None if
+        nothing will.
         """
         ...
 

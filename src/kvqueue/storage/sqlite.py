@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import queue as queue_module
-import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -75,7 +74,11 @@ SQL_MESSAGE_INSERT = """
 INSERT INTO messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-SQL_QUEUE_BACKLOG = "SELECT count FROM queue_backlog WHERE queue = ?"
+SQL_QUEUE_BACKLOG = "SELECT count, bytes FROM queue_backlog WHERE queue = ?"
+SQL_LEASES_HELD = """
+SELECT count(DISTINCT lease) FROM messages
+WHERE queue = ? AND lease IS NOT NULL AND lease <> ? AND visible_at > ?
+"""
 SQL_MESSAGE_LEASE = """
 UPDATE messages SET attempts = attempts + 1, lease = ?, visible_at = ?
 WHERE seq IN (
@@ -88,7 +91,60 @@ SQL_MESSAGE_EXTEND = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease 
 SQL_MESSAGE_LEASE_HELD = "SELECT 1 FROM messages WHERE id = ? AND lease = ?"
 SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ?"
 SQL_MESSAGE_RETRY = "UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ?"
+SQL_MESSAGE_MOVE = """
+UPDATE messages SET queue = ?, attempts = 0, lease = NULL, visible_at = ?, attributes = NULL
+WHERE id = ? AND lease = ?
+"""
+SQL_MESSAGE_DROP = "DELETE FROM messages WHERE id = ? AND lease = ?"
 SQL_MESSAGE_NEXT_VISIBLE = "SELECT min(visible_at) FROM messages WHERE queue = ?"
+SQL_MESSAGE_PEEK = """
+SELECT id, body, content_type, enqueued_at, attempts, attributes FROM messages
+WHERE queue = ? ORDER BY visible_at, seq LIMIT ?
+"""
+SQL_MESSAGE_OLDEST = "SELECT min(enqueued_at) FROM messages WHERE queue = ?"
+SQL_MESSAGE_IN_FLIGHT = """
+SELECT count(*) FROM messages WHERE queue = ? AND lease IS NOT NULL AND visible_at > ?
+"""
+SQL_MESSAGES_EXPIRED = """
+DELETE FROM messages WHERE queue = ? AND enqueued_at <= ?
+"""
+SQL_QUEUE_COLUMNS = """
+name, id, created_at, modified_at, delivery_delay, retention, paused, max_backlog,
+max_backlog_bytes, consumer
+"""
+SQL_QUEUE_GET = f"SELECT {SQL_QUEUE_COLUMNS} FROM queues WHERE name = ?"
+SQL_QUEUE_ALL = f"SELECT {SQL_QUEUE_COLUMNS} FROM queues ORDER BY name"
+SQL_QUEUE_LIMITS = """
+SELECT delivery_delay, max_backlog, max_backlog_bytes FROM queues WHERE name = ?
+"""
+SQL_QUEUE_RETAINED = "SELECT name, retention FROM queues WHERE retention IS NOT NULL"
+SQL_QUEUE_INSERT = """
+INSERT INTO queues (name, id, created_at, modified_at, delivery_delay, retention, paused,
+  max_backlog, max_backlog_bytes)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (name) DO NOTHING
+"""
+SQL_QUEUE_UPDATE = """
+UPDATE queues SET modified_at = ?, delivery_delay = ?, retention = ?, paused = ?,
+  max_backlog = ?, max_backlog_bytes = ?
+WHERE name = ?
+"""
+SQL_QUEUE_SETTINGS = """
+SELECT delivery_delay, retention, paused, max_backlog, max_backlog_bytes FROM queues
+WHERE name = ?
+"""
+SQL_QUEUE_CONSUMER = "SELECT consumer FROM queues WHERE name = ?"
+SQL_QUEUE_SET_CONSUMER = "UPDATE queues SET consumer = ?, modified_at = ? WHERE name = ?"
+SQL_QUEUE_DELETE = "DELETE FROM queues WHERE name = ?"
+SQL_QUEUE_PURGE = "DELETE FROM messages WHERE queue = ?"
+SQL_BACKLOG_DELETE = "DELETE FROM queue_backlog WHERE queue = ?"
+SQL_QUEUE_RETRIED = "UPDATE queues SET retried = retried + 1 WHERE name = ?"
+SQL_QUEUE_DEAD_LETTERED = "UPDATE queues SET dead_lettered = dead_lettered + 1 WHERE name = ?"
+SQL_QUEUE_COUNTERS = "SELECT retried, dead_lettered FROM queues WHERE name = ?"
+
+
+class _CheckFailed(Exception):
+    """A check or compare-and-set inside a write did not hold: the write is undone."""
 
 
 def _versionstamp(version: int) -> bytes:
@@ -220,6 +276,10 @@ class _Writer:
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op(txn)
+                except _CheckFailed:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, None, None))
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
@@ -380,22 +440,33 @@ class SqliteStorage:
 
         return await self._read(run)
 
-    async def commit(self, write: model.AtomicWrite) -> bytes | None:
+    async def commit(self, write: model.AtomicWrite) -> model.Committed | None:
         """See :meth:`kvqueue.storage.base.Storage.commit`."""
-        result: bytes | None = await self._write(lambda txn: _apply_write(txn, write))
+        result: model.Committed | None = await self._write(lambda txn: _apply_write(txn, write))
         return result
 
-    async def lease(self, queue: str, *, limit: int, lease_ms: int) -> list[model.LeasedMessage]:
+    async def lease(
+        self,
+        queue: str,
+        *,
+        lease: str,
+        limit: int,
+        lease_ms: int,
+        max_leases: int | None = None,
+    ) -> list[model.LeasedMessage]:
         """See :meth:`kvqueue.storage.base.Storage.lease`."""
 
         def op(txn: _Txn) -> list[model.LeasedMessage]:
-            token = secrets.token_hex(8)
+            if max_leases is not None:
+                held = txn.conn.execute(SQL_LEASES_HELD, (queue, lease, txn.now)).fetchone()[0]
+                if held >= max_leases:
+                    return []
             rows = txn.conn.execute(
-                SQL_MESSAGE_LEASE, (token, txn.now + lease_ms, queue, txn.now, limit)
+                SQL_MESSAGE_LEASE, (lease, txn.now + lease_ms, queue, txn.now, limit)
             ).fetchall()
             rows.sort(key=lambda row: row[0])
             return [
-                model.LeasedMessage(queue, mid, body, ctype, enq, attempts, token, attrs)
+                model.LeasedMessage(queue, mid, body, ctype, enq, attempts, lease, attrs)
                 for _, mid, body, ctype, enq, attempts, attrs in rows
             ]
 
@@ -417,6 +488,40 @@ class SqliteStorage:
 
         extended: set[str] = await self._write(op)
         return extended
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[model.QueueRecord]:
+        """See :meth:`kvqueue.storage.base.Storage.queues`."""
+
+        def run(conn: sqlite3.Connection, now: int) -> list[model.QueueRecord]:
+            if names is None:
+                return [_queue_record(row) for row in conn.execute(SQL_QUEUE_ALL)]
+            rows = (conn.execute(SQL_QUEUE_GET, (name,)).fetchone() for name in names)
+            return [_queue_record(row) for row in rows if row is not None]
+
+        return await self._read(run)
+
+    async def stats(self, queue: str) -> model.QueueStats:
+        """See :meth:`kvqueue.storage.base.Storage.stats`."""
+
+        def run(conn: sqlite3.Connection, now: int) -> model.QueueStats:
+            counters = conn.execute(SQL_QUEUE_COUNTERS, (queue,)).fetchone()
+            if counters is None:
+                raise errors.QueueNotFound(queue)
+            backlog = conn.execute(SQL_QUEUE_BACKLOG, (queue,)).fetchone() or (0, 0)
+            oldest = conn.execute(SQL_MESSAGE_OLDEST, (queue,)).fetchone()[0]
+            in_flight = conn.execute(SQL_MESSAGE_IN_FLIGHT, (queue, now)).fetchone()[0]
+            return model.QueueStats(backlog[0], backlog[1], oldest, in_flight, *counters)
+
+        return await self._read(run)
+
+    async def peek(self, queue: str, *, limit: int) -> list[model.StoredMessage]:
+        """See :meth:`kvqueue.storage.base.Storage.peek`."""
+
+        def run(conn: sqlite3.Connection, now: int) -> list[model.StoredMessage]:
+            rows = conn.execute(SQL_MESSAGE_PEEK, (queue, limit)).fetchall()
+            return [model.StoredMessage(queue, *row) for row in rows]
+
+        return await self._read(run)
 
     async def wait(self, queue: str | None, *, timeout_ms: int) -> None:
         """See :meth:`kvqueue.storage.base.Storage.wait`."""
@@ -442,9 +547,15 @@ class SqliteStorage:
         """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""
 
         def op(txn: _Txn) -> int | None:
-            txn.conn.execute(SQL_KV_PURGE_EXPIRED, (txn.now,))
-            nxt = txn.conn.execute(SQL_KV_NEXT_EXPIRY).fetchone()[0]
-            return None if nxt is None else max(0, nxt - txn.now)
+            conn, now = txn.conn, txn.now
+            conn.execute(SQL_KV_PURGE_EXPIRED, (now,))
+            due = [conn.execute(SQL_KV_NEXT_EXPIRY).fetchone()[0]]
+            for name, retention in conn.execute(SQL_QUEUE_RETAINED).fetchall():
+                conn.execute(SQL_MESSAGES_EXPIRED, (name, now - retention))
+                oldest = conn.execute(SQL_MESSAGE_OLDEST, (name,)).fetchone()[0]
+                due.append(None if oldest is None else oldest + retention)
+            known = [d for d in due if d is not None]
+            return max(0, min(known) - now) if known else None
 
         remaining: int | None = await self._write(op)
         return remaining
@@ -468,7 +579,7 @@ class SqliteStorage:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
-def _apply_write(txn: _Txn, write: model.AtomicWrite) -> bytes | None:
+def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
     conn, now = txn.conn, txn.now
     for check in write.checks:
         row = conn.execute(SQL_KV_LIVE_VERSION, (check.key, now)).fetchone()
@@ -477,12 +588,14 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> bytes | None:
         else:
             passed = row is not None and row[0] == _version(check.versionstamp)
         if not passed:
-            return None
+            raise _CheckFailed
     for lease in write.lease_checks:
         if conn.execute(SQL_MESSAGE_LEASE_HELD, (lease.message_id, lease.lease)).fetchone() is None:
-            return None
+            raise _CheckFailed
     txn.version += 1
     version = txn.version
+    for change in write.queue_changes:
+        _apply_queue_change(txn, change)
     for m in write.mutations:
         if m.kind is MutationKind.SET:
             expires = None if m.expire_in_ms is None else now + m.expire_in_ms
@@ -494,18 +607,122 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> bytes | None:
             combined = values.combine_u64(m.kind, current, m.value)
             # Like Deno, arithmetic clears an expiry set earlier.
             conn.execute(SQL_KV_SET, (m.key, combined, int(ValueEncoding.LE64), version, None))
-    for e in write.enqueues:
+    if write.enqueues:
+        _apply_enqueues(txn, write.enqueues)
+    settled = tuple(_apply_settlement(txn, s) for s in write.settlements)
+    return model.Committed(_versionstamp(version), settled)
+
+
+def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
+    conn, now = txn.conn, txn.now
+    limits: dict[str, tuple[int, int | None, int | None]] = {}
+    for e in enqueues:
+        queue = limits.get(e.queue)
+        if queue is None:
+            row = conn.execute(SQL_QUEUE_LIMITS, (e.queue,)).fetchone()
+            if row is None:
+                raise errors.QueueNotFound(e.queue)
+            queue = limits[e.queue] = row
+        delay = queue[0] if e.delay_ms is None else e.delay_ms
         conn.execute(
             SQL_MESSAGE_INSERT,
-            (e.queue, e.message_id, e.body, e.content_type, now, now + e.delay_ms, e.attributes),
+            (e.queue, e.message_id, e.body, e.content_type, now, now + delay, e.attributes),
         )
-        if e.max_backlog is not None:
-            count = conn.execute(SQL_QUEUE_BACKLOG, (e.queue,)).fetchone()[0]
-            if count > e.max_backlog:
-                raise errors.QueueFull(e.queue, e.max_backlog)
-    for s in write.settlements:
-        if isinstance(s, model.Ack):
-            conn.execute(SQL_MESSAGE_ACK, (s.message_id,))
-        else:
-            conn.execute(SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease))
-    return _versionstamp(version)
+    # Checked once per queue after all inserts: the totals are what must fit.
+    for name, (_, max_backlog, max_bytes) in limits.items():
+        explicit = [e.max_backlog for e in enqueues if e.queue == name and e.max_backlog]
+        if explicit:
+            max_backlog = explicit[0]
+        if max_backlog is None and max_bytes is None:
+            continue
+        count, size = conn.execute(SQL_QUEUE_BACKLOG, (name,)).fetchone()
+        if max_backlog is not None and count > max_backlog:
+            raise errors.QueueFull(name, max_backlog)
+        if max_bytes is not None and size > max_bytes:
+            raise errors.QueueFull(name, max_bytes, unit="bytes of undelivered messages")
+
+
+def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
+    conn, now = txn.conn, txn.now
+    if isinstance(s, model.Ack):
+        return conn.execute(SQL_MESSAGE_ACK, (s.message_id,)).rowcount > 0
+    if isinstance(s, model.Retry):
+        done = conn.execute(SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease)).rowcount
+        if done:
+            conn.execute(SQL_QUEUE_RETRIED, (s.queue,))
+        return done > 0
+    if s.to_queue is None:
+        done = conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease)).rowcount
+    else:
+        if conn.execute(SQL_QUEUE_LIMITS, (s.to_queue,)).fetchone() is None:
+            raise errors.QueueNotFound(s.to_queue)
+        done = conn.execute(SQL_MESSAGE_MOVE, (s.to_queue, now, s.message_id, s.lease)).rowcount
+    if done:
+        conn.execute(SQL_QUEUE_DEAD_LETTERED, (s.queue,))
+    return done > 0
+
+
+def _settings_row(
+    settings: model.QueueSettings,
+) -> tuple[int, int | None, int, int | None, int | None]:
+    return (
+        settings.delivery_delay_ms,
+        settings.retention_ms,
+        int(settings.paused),
+        settings.max_backlog,
+        settings.max_backlog_bytes,
+    )
+
+
+def _apply_queue_change(txn: _Txn, change: model.QueueChange) -> None:
+    conn, now = txn.conn, txn.now
+    if isinstance(change, model.CreateQueue):
+        row = (change.name, change.queue_id, now, now, *_settings_row(change.settings))
+        if conn.execute(SQL_QUEUE_INSERT, row).rowcount == 0 and not change.if_absent:
+            raise errors.QueueExists(change.name)
+        return
+    if isinstance(change, model.UpdateQueue):
+        current = conn.execute(SQL_QUEUE_SETTINGS, (change.name,)).fetchone()
+        if current is None:
+            raise errors.QueueNotFound(change.name)
+        if tuple(current) != _settings_row(change.expect):
+            raise _CheckFailed
+        conn.execute(SQL_QUEUE_UPDATE, (now, *_settings_row(change.settings), change.name))
+        return
+    if isinstance(change, model.SetConsumer):
+        current = conn.execute(SQL_QUEUE_CONSUMER, (change.name,)).fetchone()
+        if current is None:
+            raise errors.QueueNotFound(change.name)
+        if current[0] != change.expect:
+            raise _CheckFailed
+        conn.execute(SQL_QUEUE_SET_CONSUMER, (change.consumer, now, change.name))
+        return
+    if conn.execute(SQL_QUEUE_LIMITS, (change.name,)).fetchone() is None:
+        raise errors.QueueNotFound(change.name)
+    conn.execute(SQL_QUEUE_PURGE, (change.name,))
+    if isinstance(change, model.DeleteQueue):
+        conn.execute(SQL_QUEUE_DELETE, (change.name,))
+        conn.execute(SQL_BACKLOG_DELETE, (change.name,))
+
+
+def _queue_record(row: Sequence[Any]) -> model.QueueRecord:
+    (
+        name,
+        queue_id,
+        created,
+        modified,
+        delay,
+        retention,
+        paused,
+        backlog,
+        backlog_bytes,
+        consumer,
+    ) = row
+    return model.QueueRecord(
+        name,
+        queue_id,
+        created,
+        modified,
+        model.QueueSettings(delay, retention, bool(paused), backlog, backlog_bytes),
+        consumer,
+    )

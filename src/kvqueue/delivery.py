@@ -1,0 +1,390 @@
+"""The delivery engine: the one loop behind every push consumer.
+
+The KV queue's ``listen_queue`` and the named queues' ``Worker`` are two thin
+adapters over this engine. It:
+
+* leases batches: a batch goes out when it holds ``batch_size`` messages or
+  ``batch_timeout_ms`` after its first message was taken, whichever is first,
+  and never empty;
+* keeps as many batches in flight as the backlog calls for, up to its cap
+  (starting at one, doubling while leases come back full, halving when they
+  do not), and with ``max_leases`` never more than that across every process
+  sharing the store;
+* renews the leases of every message it holds while handlers run, so a slow
+  handler never sees its batch delivered a second time;
+* settles decisions as they come (``ack`` or ``retry``), merging those that
+  arrive together into one commit, and asks the queue's :class:`Policy` what a
+  retry means (retry later, or dead-letter);
+* dead-letters, without delivering it, a message whose leases ran out (crashed
+  consumers) as many times as its policy allows deliveries;
+* on stop, takes no new batch, lets the running ones finish and settle, and
+  returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import secrets
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kvqueue import errors, model
+from kvqueue.storage.base import Storage
+from kvqueue.waiting import first_of
+
+logger = logging.getLogger("kvqueue")
+
+#: Set while a handler runs, so close() called from a handler does not wait for itself.
+in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar("in_handler", default=False)
+
+# How long an idle consumer waits before looking again without a wake-up.
+_IDLE_RECHECK_MS = 5_000
+
+
+class Policy(Protocol):
+    """What retrying means for the messages of one queue."""
+
+    def retry(
+        self, message: model.LeasedMessage, delay_ms: int | None
+    ) -> tuple[model.AtomicWrite, str]:
+        """The write that retries ``message`` (or dead-letters it when its tries
+        are used up), and what that is called ("retried", "dead-lettered").
+        ``delay_ms`` None means the policy's own delay."""
+        ...
+
+    def exhausted(self, message: model.LeasedMessage) -> model.AtomicWrite | None:
+        """The dead-letter write for a message leased more often than it may be
+        delivered (its earlier leases ran out), or None if it may be delivered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a consumer decided for one message: ack, or retry after ``delay_ms``
+    (None: the policy's delay)."""
+
+    message: model.LeasedMessage
+    retry: bool = False
+    delay_ms: int | None = None
+
+
+#: Runs one batch; calls ``decide`` once per message, at any time before it returns.
+Deliver = Callable[[list[model.LeasedMessage], Callable[[Decision], None]], Awaitable[None]]
+#: Says whether the queue may be consumed now (False: it is paused or gone).
+Gate = Callable[[], Awaitable[bool]]
+
+
+class Engine:
+    """Consumes one queue with one ``deliver`` callable until stopped."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        queue: str,
+        deliver: Deliver,
+        policy: Policy,
+        *,
+        batch_size: int,
+        batch_timeout_ms: int,
+        concurrency: int,
+        lease_ms: int,
+        autoscale: bool = True,
+        max_leases: int | None = None,
+        gate: Gate | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise errors.InvalidOption(f"concurrency is at least 1, got {concurrency}")
+        self._storage = storage
+        self._queue = queue
+        self._deliver = deliver
+        self._policy = policy
+        self._batch_size = batch_size
+        self._batch_timeout_ms = batch_timeout_ms
+        self._cap = concurrency
+        self._target = 1 if autoscale else concurrency
+        self._autoscale = autoscale
+        self._max_leases = max_leases
+        self._gate = gate
+        self._lease_ms = lease_ms
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._held: dict[str, model.LeasedMessage] = {}
+        self._settled: dict[str, asyncio.Future[None]] = {}
+        self._batches: set[asyncio.Task[None]] = set()
+        self._pending: list[Decision] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._slot_free = asyncio.Event()
+        self._busy = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Batches being handled now."""
+        return len(self._batches)
+
+    def stop(self) -> None:
+        """Take no more batches; run() returns once the running ones are settled."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Lease, deliver and settle until stopped."""
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            while not self._stop.is_set():
+                if len(self._batches) >= min(self._target, self._cap):
+                    self._slot_free.clear()
+                    await first_of(self._slot_free.wait(), self._stop.wait())
+                    continue
+                if self._gate is not None and not await self._gate():
+                    await self._idle()
+                    continue
+                await self._take_batches()
+            while self._batches:
+                await asyncio.wait(set(self._batches))
+        finally:
+            renewer.cancel()
+
+    # --- leasing ------------------------------------------------------------
+
+    async def _idle(self) -> None:
+        await first_of(
+            self._storage.wait(self._queue, timeout_ms=_IDLE_RECHECK_MS), self._stop.wait()
+        )
+
+    async def _lease(self, token: str, limit: int) -> list[model.LeasedMessage]:
+        leased = await self._storage.lease(
+            self._queue,
+            lease=token,
+            limit=limit,
+            lease_ms=self._lease_ms,
+            max_leases=self._max_leases,
+        )
+        usable: list[model.LeasedMessage] = []
+        for message in leased:
+            write = self._policy.exhausted(message)
+            if write is None:
+                self._held[message.message_id] = message
+                usable.append(message)
+            else:
+                await self._commit_alone(message, write, "dead-lettered")
+        if usable:
+            self._busy.set()
+        return usable
+
+    async def _take_batches(self) -> None:
+        size = self._batch_size
+        free = min(self._target, self._cap) - len(self._batches)
+        # A cross-process bound counts leases, so each batch needs a lease of its own.
+        want = size if self._max_leases is not None else size * free
+        token = secrets.token_hex(8)
+        leased = await self._lease(token, want)
+        if not leased:
+            self._scale(full=False)
+            await self._idle()
+            return
+        whole = len(leased) // size * size
+        for start in range(0, whole, size):
+            self._dispatch(leased[start : start + size])
+        self._scale(full=len(leased) == want)
+        if whole < len(leased):
+            self._dispatch(await self._fill(token, leased[whole:]))
+
+    async def _fill(
+        self, token: str, batch: list[model.LeasedMessage]
+    ) -> list[model.LeasedMessage]:
+        """Top ``batch`` up to a full batch until its timeout runs out."""
+        clock = self._storage.clock
+        deadline = clock.now_ms() + self._batch_timeout_ms
+        while len(batch) < self._batch_size and not self._stop.is_set():
+            remaining = deadline - clock.now_ms()
+            if remaining <= 0:
+                break
+            await first_of(
+                self._storage.wait(self._queue, timeout_ms=remaining),
+                clock.sleep(remaining / 1000),
+                self._stop.wait(),
+            )
+            batch += await self._lease(token, self._batch_size - len(batch))
+        return batch
+
+    def _scale(self, *, full: bool) -> None:
+        if not self._autoscale:
+            return
+        if full:
+            self._target = min(self._cap, self._target * 2)
+        else:
+            self._target = max(1, self._target // 2)
+
+    # --- delivering -----------------------------------------------------------
+
+    def _dispatch(self, batch: list[model.LeasedMessage]) -> None:
+        for message in batch:
+            self._settled[message.message_id] = self._loop.create_future()
+        task = asyncio.create_task(self._run_batch(batch))
+        self._batches.add(task)
+
+    async def _run_batch(self, batch: list[model.LeasedMessage]) -> None:
+        try:
+            try:
+                await self._deliver(batch, self.decide)
+            except Exception:
+                logger.exception("consumer of queue %r failed on a batch", self._queue)
+            # A message the consumer left undecided is retried.
+            for message in batch:
+                future = self._settled.get(message.message_id)
+                if future is not None and not future.done() and not self._is_pending(message):
+                    self._enqueue_decision(Decision(message, retry=True))
+            waiting = [self._settled[m.message_id] for m in batch if m.message_id in self._settled]
+            if waiting:
+                await asyncio.wait(waiting)
+        finally:
+            for message in batch:
+                self._settled.pop(message.message_id, None)
+                self._held.pop(message.message_id, None)
+            task = asyncio.current_task()
+            if task is not None:
+                self._batches.discard(task)
+            self._slot_free.set()
+
+    def _is_pending(self, message: model.LeasedMessage) -> bool:
+        return any(d.message.message_id == message.message_id for d in self._pending)
+
+    def decide(self, decision: Decision) -> None:
+        """Settle one message (from any thread); the first decision per message counts."""
+        if threading.get_ident() == self._loop_thread:
+            self._enqueue_decision(decision)
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue_decision, decision)
+
+    def _enqueue_decision(self, decision: Decision) -> None:
+        future = self._settled.get(decision.message.message_id)
+        if future is None or future.done() or self._is_pending(decision.message):
+            return
+        self._pending.append(decision)
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        # Decisions made in the same turn of the loop share one commit.
+        await asyncio.sleep(0)
+        try:
+            while self._pending:
+                decisions, self._pending = self._pending, []
+                await self._settle(decisions)
+        finally:
+            self._flushing = None
+
+    async def _settle(self, decisions: Sequence[Decision]) -> None:
+        together: list[tuple[Decision, model.AtomicWrite, str]] = []
+        for decision in decisions:
+            message = decision.message
+            if decision.retry:
+                write, outcome = self._policy.retry(message, decision.delay_ms)
+            else:
+                write, outcome = (
+                    model.AtomicWrite(settlements=(model.Ack(message.message_id),)),
+                    "acked",
+                )
+            if write.lease_checks or write.checks:
+                await self._commit_alone(message, write, outcome)
+                self._resolve(message)
+            else:
+                together.append((decision, write, outcome))
+        if not together:
+            return
+        try:
+            committed = await self._storage.commit(model.merge([w for _, w, _ in together]))
+        except errors.KvQueueError:
+            # The leases will run out and the messages will be delivered again.
+            logger.exception("could not settle %d messages of %r", len(together), self._queue)
+            committed = None
+        for decision, _, outcome in together:
+            if committed is not None:
+                logger.debug("message %s %s", decision.message.message_id, outcome)
+            self._resolve(decision.message)
+
+    async def _commit_alone(
+        self, message: model.LeasedMessage, write: model.AtomicWrite, outcome: str
+    ) -> None:
+        try:
+            committed = await self._storage.commit(write)
+        except errors.KvQueueError:
+            logger.exception("could not settle message %s", message.message_id)
+            return
+        if committed is None:
+            logger.warning(
+                "message %s was not %s: its lease ran out and it was taken again",
+                message.message_id,
+                outcome,
+            )
+            return
+        logger.debug("message %s %s", message.message_id, outcome)
+
+    def _resolve(self, message: model.LeasedMessage) -> None:
+        self._held.pop(message.message_id, None)
+        future = self._settled.get(message.message_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    # --- leases -----------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        interval = self._lease_ms / 3 / 1000
+        while True:
+            if not self._held:
+                self._busy.clear()
+                await self._busy.wait()
+            await self._storage.clock.sleep(interval)
+            held = [model.LeaseCheck(m.message_id, m.lease) for m in self._held.values()]
+            if not held:
+                continue
+            try:
+                kept = await self._storage.extend(held, lease_ms=self._lease_ms)
+            except errors.KvQueueError:
+                logger.exception("could not renew leases")
+                continue
+            for lease in held:
+                if lease.message_id not in kept and lease.message_id in self._held:
+                    logger.warning(
+                        "lost the lease on message %s while its handler runs", lease.message_id
+                    )
+
+
+class HandlerRunner:
+    """Calls user handlers: coroutine functions on the loop, plain ones on threads."""
+
+    def __init__(self, handler: Callable[[Any], Any], *, threads: int) -> None:
+        self.handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def __call__(self, argument: Any) -> None:
+        token = in_handler.set(True)
+        try:
+            if self._is_async:
+                await self.handler(argument)
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="kvqueue-handler")
+            context = contextvars.copy_context()
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool, context.run, self.handler, argument
+            )
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            in_handler.reset(token)
+
+    def close(self) -> None:
+        """Let the handler threads go (running calls finish on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
