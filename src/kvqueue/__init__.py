@@ -1,39 +1,56 @@
 """kvqueue: durable message queues and a transactional key-value store.
 
-Deno KV's API (keys, atomic operations, ``enqueue``/``listen_queue``) on SQLite,
-embedded, with zero set-up::
+Deno KV's API (keys, atomic operations, ``enqueue``/``listen_queue``) and
+Cloudflare Queues' model (named queues, batching push consumers, pull
+consumers, retries, dead-letter queues) on SQLite, embedded, with zero set-up::
 
     import kvqueue
 
     with kvqueue.open("app.db") as db:
         db.set(("users", "alovelace"), {"name": "Ada"})
         db.enqueue({"forUser": "alovelace", "body": "You've got mail!"})
+        db.queues.create("emails")
+        db.queue("emails").send({"to": "ada@example.com"})
 """
 
 from __future__ import annotations
 
-from kvqueue.atomic import AsyncAtomicOperation, AtomicCheck, AtomicOperation
+from kvqueue.atomic import KV_QUEUE, AsyncAtomicOperation, AtomicCheck, AtomicOperation
+from kvqueue.batch import Message, MessageBatch
 from kvqueue.clock import Clock, FakeClock, SystemClock
+from kvqueue.consumers import Consumer
 from kvqueue.database import AsyncDatabase, open_async
 from kvqueue.errors import (
     AtomicTooLarge,
+    BatchTooLarge,
+    ConsumerExists,
+    ConsumerNotFound,
     CorruptValue,
     DatabaseClosed,
+    EmptyBatch,
     InvalidBackoffSchedule,
+    InvalidBatchDelay,
     InvalidDelay,
     InvalidInput,
     InvalidKey,
+    InvalidMessage,
     InvalidOption,
+    InvalidQueueName,
     InvalidValue,
     KeyTooLarge,
     KvQueueError,
     LimitExceeded,
     ListenerAlreadyRunning,
+    MessageTooLarge,
     MissingDependency,
     PayloadTooLarge,
+    QueueExists,
     QueueFull,
+    QueueNotFound,
+    QueuePaused,
     StorageError,
     TooManyChecks,
+    TooManyMessages,
     TooManyMutations,
     TooManyUndeliveredKeys,
     TooManyWatchedKeys,
@@ -41,8 +58,21 @@ from kvqueue.errors import (
     ValueTooLarge,
 )
 from kvqueue.listing import AsyncListIterator, ListIterator
+from kvqueue.messages import CONTENT_TYPES, MessageSendRequest
 from kvqueue.model import CommitResult, Entry, KvU64
-from kvqueue.sync import Database, open
+from kvqueue.queues import (
+    AckResult,
+    AsyncQueue,
+    AsyncQueues,
+    PeekedMessage,
+    PulledMessage,
+    PullResult,
+    QueueInfo,
+    QueueMetrics,
+    SendResult,
+)
+from kvqueue.sync import Database, Queue, Queues, open
+from kvqueue.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -61,6 +91,25 @@ __all__ = [
     "AtomicCheck",
     "ListIterator",
     "AsyncListIterator",
+    # named queues
+    "KV_QUEUE",
+    "CONTENT_TYPES",
+    "Queues",
+    "Queue",
+    "AsyncQueues",
+    "AsyncQueue",
+    "QueueInfo",
+    "QueueMetrics",
+    "Consumer",
+    "MessageSendRequest",
+    "SendResult",
+    "PeekedMessage",
+    "PulledMessage",
+    "PullResult",
+    "AckResult",
+    "Worker",
+    "MessageBatch",
+    "Message",
     # time
     "Clock",
     "SystemClock",
@@ -83,6 +132,18 @@ __all__ = [
     "InvalidDelay",
     "InvalidBackoffSchedule",
     "TypeMismatch",
+    "InvalidQueueName",
+    "InvalidMessage",
+    "EmptyBatch",
+    "InvalidBatchDelay",
+    "MessageTooLarge",
+    "BatchTooLarge",
+    "TooManyMessages",
+    "QueueNotFound",
+    "QueueExists",
+    "ConsumerExists",
+    "ConsumerNotFound",
+    "QueuePaused",
     "QueueFull",
     "ListenerAlreadyRunning",
     "DatabaseClosed",

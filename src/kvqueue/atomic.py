@@ -14,6 +14,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from kvqueue import errors, keys, limits, model, v8, values
 from kvqueue.keys import Key
+from kvqueue.messages import build_send, check_name
 from kvqueue.model import KvU64, MutationKind
 
 R = TypeVar("R")
@@ -206,6 +207,24 @@ class _Builder(Generic[R]):
         )
         backoff, undelivered = decode_attributes(message.attributes)
         self._enqueue_bytes += len(message.body) + 4 * len(backoff) + sum(map(len, undelivered))
+        self._enqueues.append(message)
+        return self
+
+    def send(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        content_type: str = "json",
+        delay_seconds: float | None = None,
+    ) -> Self:
+        """Send ``body`` to the named queue ``queue`` if, and when, this operation commits.
+
+        The message is checked as ``db.queue(queue).send()`` checks it; the queue
+        must exist when the operation commits.
+        """
+        message = build_send(check_name(queue), body, content_type, delay_seconds)
+        self._enqueue_bytes += len(message.body)
         self._enqueues.append(message)
         return self
 

@@ -19,15 +19,16 @@ from kvqueue.delivery import in_handler
 from kvqueue.keys import Key, encode_read_key, successor
 from kvqueue.kv_queue import Listener
 from kvqueue.listing import AsyncListIterator, Pager
+from kvqueue.queues import AsyncQueue, AsyncQueues
 from kvqueue.storage import Storage, open_storage
 from kvqueue.waiting import first_of
 
 logger = logging.getLogger("kvqueue")
 
-# Longest pause of the expiry sweeper when a key expires later than that, and
-# when none expires (reads skip expired keys; sweeping only reclaims space).
+# Longest pause of the expiry sweeper. Reads skip expired keys, so for keys
+# sweeping only reclaims space; messages past their queue's retention are
+# deleted within this long.
 _SWEEP_MAX_MS = 60_000
-_SWEEP_IDLE_MS = 3_600_000
 # How long a watch waits for a wake-up before reading its keys again anyway.
 _WATCH_RECHECK_MS = 5_000
 
@@ -57,12 +58,34 @@ class AsyncDatabase:
         self._closed = asyncio.Event()
         self._close_callbacks: list[Callable[[], None]] = []
         self._expiry_added = asyncio.Event()
+        self._queues = AsyncQueues(self)
         self._sweeper = asyncio.create_task(self._sweep_expired())
 
     @property
     def clock(self) -> Clock:
         """The clock of the underlying storage."""
         return self._storage.clock
+
+    @property
+    def storage(self) -> Storage:
+        """The storage this database runs on (the boundary of :mod:`kvqueue.storage.base`)."""
+        return self._storage
+
+    @property
+    def lease_ms(self) -> int:
+        """How long a consumer holds a message before it may be redelivered."""
+        return self._lease_ms
+
+    @property
+    def queues(self) -> AsyncQueues:
+        """Named-queue management: create, list, get, update, delete, pause, ..."""
+        self._ensure_open()
+        return self._queues
+
+    def queue(self, name: str) -> AsyncQueue:
+        """The named queue ``name``, to send to and pull from (it must be created first)."""
+        self._ensure_open()
+        return AsyncQueue(self, name)
 
     def _ensure_open(self) -> None:
         if self._closing:
@@ -231,9 +254,9 @@ class AsyncDatabase:
             except errors.DatabaseClosed:
                 return
             except errors.KvQueueError:
-                logger.exception("could not purge expired keys")
+                logger.exception("could not purge expired keys and messages")
                 remaining = None
-            pause = _SWEEP_IDLE_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
+            pause = _SWEEP_MAX_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
             self._expiry_added.clear()
             await first_of(self._storage.clock.sleep(pause / 1000), self._expiry_added.wait())
 

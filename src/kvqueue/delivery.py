@@ -288,7 +288,7 @@ class Engine:
                 write, outcome = self._policy.retry(message, decision.delay_ms)
             else:
                 write, outcome = (
-                    model.AtomicWrite(settlements=(model.Ack(message.message_id),)),
+                    model.AtomicWrite(settlements=(model.Ack(message.queue, message.message_id),)),
                     "acked",
                 )
             if write.lease_checks or write.checks:

@@ -38,6 +38,7 @@ answers with (``exc.status``, ``exc.code``), from the one table
     ├── QueueNotFound
     ├── QueueExists
     ├── ConsumerExists                          a queue has one consumer, of one type
+    ├── ConsumerNotFound
     ├── QueuePaused                             delivery is paused (pull refused)
     ├── QueueFull                               the queue's backlog limit is reached
     ├── ListenerAlreadyRunning
@@ -256,6 +257,14 @@ class ConsumerExists(KvQueueError):
         )
 
 
+class ConsumerNotFound(KvQueueError):
+    """The queue has no consumer."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(f"queue {queue!r} has no consumer")
+
+
 class QueuePaused(KvQueueError):
     """Delivery from the queue is paused (queue_delivery_paused); resume it to pull."""
 
@@ -311,6 +320,7 @@ ERROR_CODES: dict[type[KvQueueError], tuple[int, int]] = {
     QueueNotFound: (404, 10104),
     QueueExists: (409, 11009),
     ConsumerExists: (409, 11004),
+    ConsumerNotFound: (404, 15000),
     QueuePaused: (409, 10252),  # QueueDisabled
     QueueFull: (429, 10251),  # QueueStorageLimitExceeded
     DatabaseClosed: (503, 15000),

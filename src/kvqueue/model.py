@@ -156,8 +156,9 @@ class Enqueue:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Delete a message: it was handled. Accepted even after its lease ran out."""
+    """Delete a message of ``queue``: it was handled. Accepted even after its lease ran out."""
 
+    queue: str
     message_id: str
 
 

@@ -23,6 +23,7 @@ from kvqueue.database import AsyncDatabase, open_async
 from kvqueue.delivery import in_handler
 from kvqueue.keys import Key
 from kvqueue.listing import ListIterator
+from kvqueue.queues import AsyncQueue, AsyncQueues
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -84,22 +85,84 @@ class _Portal:
             self._thread.join()
 
 
+A = TypeVar("A")
+
+
+class _Facade:
+    """A sync object that runs the methods of its async twin ``_async`` on ``_portal``."""
+
+    _portal: _Portal
+    _async: Any
+
+
 def _blocking(
-    method: Callable[Concatenate[AsyncDatabase, P], Awaitable[T]],
-) -> Callable[Concatenate[Database, P], T]:
-    def call(self: Database, *args: P.args, **kwargs: P.kwargs) -> T:
+    method: Callable[Concatenate[A, P], Awaitable[T]],
+) -> Callable[Concatenate[Any, P], T]:
+    def call(self: _Facade, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._portal.run(method, self._async, *args, **kwargs)
 
-    return cast("Callable[Concatenate[Database, P], T]", functools.wraps(method)(call))
+    return cast("Callable[Concatenate[Any, P], T]", functools.wraps(method)(call))
 
 
-class Database:
+class Queues(_Facade):
+    """Named-queue management: ``db.queues`` (the methods of :class:`AsyncQueues`)."""
+
+    def __init__(self, portal: _Portal, queues: AsyncQueues) -> None:
+        self._portal = portal
+        self._async = queues
+
+    create = _blocking(AsyncQueues.create)
+    list = _blocking(AsyncQueues.list)
+    get = _blocking(AsyncQueues.get)
+    update = _blocking(AsyncQueues.update)
+    delete = _blocking(AsyncQueues.delete)
+    pause = _blocking(AsyncQueues.pause)
+    resume = _blocking(AsyncQueues.resume)
+    purge = _blocking(AsyncQueues.purge)
+    metrics = _blocking(AsyncQueues.metrics)
+    peek = _blocking(AsyncQueues.peek)
+    get_consumer = _blocking(AsyncQueues.get_consumer)
+    add_consumer = _blocking(AsyncQueues.add_consumer)
+    update_consumer = _blocking(AsyncQueues.update_consumer)
+    remove_consumer = _blocking(AsyncQueues.remove_consumer)
+
+
+class Queue(_Facade):
+    """One named queue: ``db.queue(name)`` (the methods of :class:`AsyncQueue`)."""
+
+    def __init__(self, portal: _Portal, queue: AsyncQueue) -> None:
+        self._portal = portal
+        self._async = queue
+        self.name = queue.name
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r}>"
+
+    send = _blocking(AsyncQueue.send)
+    send_batch = _blocking(AsyncQueue.send_batch)
+    metrics = _blocking(AsyncQueue.metrics)
+    pull = _blocking(AsyncQueue.pull)
+    ack = _blocking(AsyncQueue.ack)
+
+
+class Database(_Facade):
     """A KV keyspace and its queues. Open it with ``kvqueue.open``; close it or use ``with``."""
 
     def __init__(self, portal: _Portal, database: AsyncDatabase) -> None:
         self._portal = portal
-        self._async = database
+        self._async: AsyncDatabase = database
+        self._queues = Queues(portal, database.queues)
         database.on_closed(portal.stop)
+
+    @property
+    def queues(self) -> Queues:
+        """Named-queue management: create, list, get, update, delete, pause, ..."""
+        self._async._ensure_open()
+        return self._queues
+
+    def queue(self, name: str) -> Queue:
+        """The named queue ``name``, to send to and pull from (it must be created first)."""
+        return Queue(self._portal, self._async.queue(name))
 
     get = _blocking(AsyncDatabase.get)
     get_many = _blocking(AsyncDatabase.get_many)

@@ -89,7 +89,7 @@ RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
 """
 SQL_MESSAGE_EXTEND = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
 SQL_MESSAGE_LEASE_HELD = "SELECT 1 FROM messages WHERE id = ? AND lease = ?"
-SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ?"
+SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ? AND queue = ?"
 SQL_MESSAGE_RETRY = "UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ?"
 SQL_MESSAGE_MOVE = """
 UPDATE messages SET queue = ?, attempts = 0, lease = NULL, visible_at = ?, attributes = NULL
@@ -645,7 +645,7 @@ def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
 def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
     conn, now = txn.conn, txn.now
     if isinstance(s, model.Ack):
-        return conn.execute(SQL_MESSAGE_ACK, (s.message_id,)).rowcount > 0
+        return conn.execute(SQL_MESSAGE_ACK, (s.message_id, s.queue)).rowcount > 0
     if isinstance(s, model.Retry):
         done = conn.execute(SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease)).rowcount
         if done:

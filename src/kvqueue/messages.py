@@ -1,0 +1,172 @@
+"""Named-queue messages: content types, body checks and the send limits.
+
+Everything a producer hands over is checked here, before anything is written:
+the body must fit its content type, each body and each batch must fit the
+limits, and delays must be in range. Each broken rule raises its own error,
+carrying Cloudflare's error code (see :mod:`kvqueue.errors`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from kvqueue import errors, limits, model, v8
+
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+ContentType = Literal["json", "text", "bytes", "v8"]
+#: The content types a message may have (Cloudflare's four).
+CONTENT_TYPES: tuple[ContentType, ...] = ("json", "text", "bytes", "v8")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSendRequest:
+    """One message of a ``send_batch``: its body, content type and own delay (seconds)."""
+
+    body: Any
+    content_type: ContentType | str = "json"
+    delay_seconds: float | None = None
+
+
+def check_name(name: Any) -> str:
+    """``name`` if it is a valid queue name, else InvalidQueueName."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise errors.InvalidQueueName(
+            f"invalid queue name {name!r}: 1-63 lowercase letters, digits and dashes,"
+            " starting and ending with a letter or digit"
+        )
+    return name
+
+
+def content_type_of(value: Any) -> ContentType:
+    """The canonical content type for ``value`` (matching is case-insensitive)."""
+    if isinstance(value, str):
+        lowered = value.lower()
+        for known in CONTENT_TYPES:
+            if lowered == known:
+                return known
+    raise errors.InvalidMessage(
+        f"unsupported message content type {value!r}; use one of {', '.join(CONTENT_TYPES)}"
+    )
+
+
+def encode_body(body: Any, content_type: ContentType) -> bytes:
+    """The stored bytes of ``body``; raises InvalidMessage if it does not fit its type.
+
+    ``json`` takes anything orjson serialises (a datetime becomes its ISO 8601
+    string, as a JavaScript Date does); ``text`` takes str; ``bytes`` takes any
+    bytes-like object; ``v8`` takes bytes already in V8's serialization format.
+    """
+    if body is None:
+        raise errors.InvalidMessage("a message body cannot be None")
+    if content_type == "json":
+        try:
+            return orjson.dumps(body)
+        except TypeError as exc:
+            raise errors.InvalidMessage(
+                f'content type "json" needs a JSON-serialisable body: {exc}'
+            ) from exc
+    if content_type == "text":
+        if not isinstance(body, str):
+            raise errors.InvalidMessage(
+                f'content type "text" needs a str body, got {type(body).__name__}'
+            )
+        return body.encode("utf-8", "surrogatepass")
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise errors.InvalidMessage(
+            f'content type "{content_type}" needs a bytes-like body, got {type(body).__name__}'
+        )
+    return bytes(body)
+
+
+def decode_body(data: bytes, content_type: str) -> Any:
+    """A stored body as the consumer sees it: parsed JSON, str, bytes, or the V8 value."""
+    try:
+        if content_type == "json":
+            return orjson.loads(data)
+        if content_type == "text":
+            return data.decode("utf-8", "surrogatepass")
+        if content_type == "v8":
+            return v8.loads(data)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.CorruptValue(f"a stored {content_type} message cannot be read: {exc}") from exc
+    return bytes(data)
+
+
+def delay_ms(delay_seconds: Any, *, batch: bool = False) -> int | None:
+    """A send, batch or retry delay in milliseconds; None stays None (no delay given)."""
+    if delay_seconds is None:
+        return None
+    error = errors.InvalidBatchDelay if batch else errors.InvalidDelay
+    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+        raise error(
+            "MAX_DELAY_SECONDS",
+            limits.MAX_DELAY_SECONDS,
+            0,
+            unit="s",
+            detail=f"delay_seconds is a number of seconds, got {delay_seconds!r}",
+        )
+    if not 0 <= delay_seconds <= limits.MAX_DELAY_SECONDS:
+        raise error(
+            "MAX_DELAY_SECONDS",
+            limits.MAX_DELAY_SECONDS,
+            int(delay_seconds),
+            unit="s",
+            detail="a delay is 0 .. 86,400 seconds",
+        )
+    return round(delay_seconds * 1000)
+
+
+def new_message_id() -> str:
+    """A message id: 32 lowercase hex characters, like Cloudflare's."""
+    return secrets.token_hex(16)
+
+
+def build_send(
+    queue: str, body: Any, content_type: ContentType | str, delay_seconds: float | None
+) -> model.Enqueue:
+    """A checked message for ``queue``; a delay of None means the queue's own delay."""
+    kind = content_type_of(content_type)
+    data = encode_body(body, kind)
+    if len(data) > limits.MAX_MESSAGE_BYTES:
+        raise errors.MessageTooLarge("MAX_MESSAGE_BYTES", limits.MAX_MESSAGE_BYTES, len(data))
+    return model.Enqueue(
+        queue=queue,
+        message_id=new_message_id(),
+        body=data,
+        content_type=kind,
+        delay_ms=delay_ms(delay_seconds),
+    )
+
+
+def build_batch(
+    queue: str, messages: Iterable[MessageSendRequest | Any], delay_seconds: float | None
+) -> tuple[model.Enqueue, ...]:
+    """Checked messages of one ``send_batch``: a message's own delay beats the batch's,
+    which beats the queue's; an explicit 0 means no delay."""
+    batch_delay = delay_ms(delay_seconds, batch=True)
+    items = list(messages)
+    if not items:
+        raise errors.EmptyBatch()
+    if len(items) > limits.MAX_BATCH_MESSAGES:
+        raise errors.TooManyMessages("MAX_BATCH_MESSAGES", limits.MAX_BATCH_MESSAGES, len(items))
+    built: list[model.Enqueue] = []
+    size = 0
+    for item in items:
+        request = item if isinstance(item, MessageSendRequest) else MessageSendRequest(item)
+        message = build_send(queue, request.body, request.content_type, request.delay_seconds)
+        if message.delay_ms is None and batch_delay is not None:
+            message = model.Enqueue(
+                message.queue, message.message_id, message.body, message.content_type, batch_delay
+            )
+        built.append(message)
+        size += len(message.body)
+    if size > limits.MAX_BATCH_BYTES:
+        raise errors.BatchTooLarge("MAX_BATCH_BYTES", limits.MAX_BATCH_BYTES, size)
+    return tuple(built)

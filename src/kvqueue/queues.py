@@ -1,0 +1,611 @@
+"""Named queues (the Cloudflare face): management, producers and pull consumers.
+
+``db.queues`` manages queues and their consumer; ``db.queue(name)`` sends to
+one and pulls from it. Push consumers live in :mod:`kvqueue.worker`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from kvqueue import errors, limits, model
+from kvqueue.consumers import (
+    DEFAULT_PULL_CONSUMER,
+    Consumer,
+    RetryPolicy,
+    default_settings,
+    dump_consumer,
+    load_consumer,
+    make_consumer,
+    whole_number,
+)
+from kvqueue.messages import (
+    ContentType,
+    MessageSendRequest,
+    build_batch,
+    build_send,
+    check_name,
+    decode_body,
+    delay_ms,
+)
+
+if TYPE_CHECKING:
+    from kvqueue.database import AsyncDatabase
+
+# Concurrent changes to one queue's settings or consumer are retried this often.
+_CAS_ATTEMPTS = 50
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: "Leave this setting as it is" in ``update``.
+UNSET: Any = _Unset()
+
+
+def _datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A queue: its identity, settings (seconds, as Cloudflare has them) and consumer."""
+
+    name: str
+    queue_id: str
+    created_at: datetime
+    modified_at: datetime
+    delivery_delay: int
+    message_retention_period: int
+    delivery_paused: bool
+    max_backlog: int | None
+    max_backlog_bytes: int | None
+    consumer: Consumer | None
+
+
+def _info(record: model.QueueRecord) -> QueueInfo:
+    s = record.settings
+    return QueueInfo(
+        name=record.name,
+        queue_id=record.queue_id,
+        created_at=_datetime(record.created_at_ms),
+        modified_at=_datetime(record.modified_at_ms),
+        delivery_delay=s.delivery_delay_ms // 1000,
+        message_retention_period=(s.retention_ms or 0) // 1000,
+        delivery_paused=s.paused,
+        max_backlog=s.max_backlog,
+        max_backlog_bytes=s.max_backlog_bytes,
+        consumer=load_consumer(record.consumer),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMetrics:
+    """What a queue holds now, and what happened to it so far.
+
+    Attributes:
+        backlog_count: messages not yet acked (visible, delayed or in flight).
+        backlog_bytes: their bodies' bytes.
+        oldest_message_timestamp_ms: when the oldest of them was sent; 0 if none.
+        in_flight: messages leased to a consumer right now.
+        retried: retries so far.
+        dead_lettered: messages that used up their retries so far.
+    """
+
+    backlog_count: int
+    backlog_bytes: int
+    oldest_message_timestamp_ms: int
+    in_flight: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def oldest_message_timestamp(self) -> datetime | None:
+        """When the oldest message was sent, or None for an empty queue."""
+        ms = self.oldest_message_timestamp_ms
+        return _datetime(ms) if ms else None
+
+
+def _metrics(stats: model.QueueStats) -> QueueMetrics:
+    return QueueMetrics(
+        backlog_count=stats.backlog_count,
+        backlog_bytes=stats.backlog_bytes,
+        oldest_message_timestamp_ms=stats.oldest_enqueued_at_ms or 0,
+        in_flight=stats.in_flight,
+        retried=stats.retried,
+        dead_lettered=stats.dead_lettered,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send returns: the new messages' ids and the queue's metrics after it."""
+
+    message_ids: tuple[str, ...]
+    metrics: QueueMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class PeekedMessage:
+    """A message as it waits in its queue; peeking leases nothing."""
+
+    id: str
+    body: Any = field(repr=False)
+    raw: bytes = field(repr=False)
+    content_type: str
+    timestamp_ms: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PulledMessage:
+    """A message leased to a pull consumer until ack, retry or its visibility timeout.
+
+    ``body`` is decoded by content type; ``raw`` is the stored bytes.
+    """
+
+    id: str
+    body: Any = field(repr=False)
+    raw: bytes = field(repr=False)
+    content_type: str
+    timestamp_ms: int
+    attempts: int
+    lease_id: str
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Cloudflare's message metadata."""
+        return {"CF-Content-Type": self.content_type}
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """The messages of one pull and how many messages the queue holds."""
+
+    messages: list[PulledMessage]
+    backlog_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """How many acks and retries took effect; ``warnings`` maps lease ids that did not."""
+
+    ack_count: int
+    retry_count: int
+    warnings: dict[str, str]
+
+
+def _lease_id(message: model.LeasedMessage) -> str:
+    # Opaque to clients; carries what a retry needs without another read.
+    return f"{message.message_id}.{message.attempts}.{message.lease}"
+
+
+def _parse_lease_id(queue: str, lease_id: Any) -> model.LeasedMessage | None:
+    if not isinstance(lease_id, str):
+        return None
+    parts = lease_id.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    message_id, attempts, lease = parts
+    return model.LeasedMessage(queue, message_id, b"", "", 0, int(attempts), lease)
+
+
+class AsyncQueues:
+    """Queue management for an AsyncDatabase: ``db.queues``."""
+
+    def __init__(self, database: AsyncDatabase) -> None:
+        self._db = database
+
+    @property
+    def _storage(self) -> Any:
+        return self._db.storage
+
+    async def _record(self, name: str) -> model.QueueRecord:
+        records = await self._storage.queues([name])
+        if not records:
+            raise errors.QueueNotFound(name)
+        record: model.QueueRecord = records[0]
+        return record
+
+    async def _commit(self, *changes: model.QueueChange) -> bool:
+        committed = await self._db.commit_write(model.AtomicWrite(queue_changes=changes))
+        return committed.ok
+
+    async def create(
+        self,
+        name: str,
+        *,
+        delivery_delay: int = 0,
+        message_retention_period: int = limits.DEFAULT_RETENTION_SECONDS,
+        max_backlog: int | None = None,
+        max_backlog_bytes: int | None = limits.DEFAULT_QUEUE_BACKLOG_BYTES,
+    ) -> QueueInfo:
+        """Create a queue.
+
+        Args:
+            delivery_delay: seconds every message waits before it is delivered,
+                unless its send names its own delay (0 .. 86,400).
+            message_retention_period: seconds an unconsumed message is kept
+                (60 .. 1,209,600; default 4 days). Older ones are deleted, paused or not.
+            max_backlog: most unconsumed messages; beyond it sends raise QueueFull.
+            max_backlog_bytes: most bytes of unconsumed bodies (default 25 GB).
+
+        Raises:
+            InvalidQueueName, InvalidOption, QueueExists.
+        """
+        check_name(name)
+        settings = _settings(
+            default_settings(),
+            delivery_delay=delivery_delay,
+            message_retention_period=message_retention_period,
+            max_backlog=max_backlog,
+            max_backlog_bytes=max_backlog_bytes,
+        )
+        await self._commit(model.CreateQueue(name, secrets.token_hex(16), settings))
+        return await self.get(name)
+
+    async def list(self) -> list[QueueInfo]:
+        """Every named queue, by name."""
+        records = await self._storage.queues(None)
+        return [_info(r) for r in records if not r.name.startswith("~")]
+
+    async def get(self, name: str) -> QueueInfo:
+        """One queue; raises QueueNotFound."""
+        return _info(await self._record(name))
+
+    async def update(
+        self,
+        name: str,
+        *,
+        delivery_delay: int = UNSET,
+        message_retention_period: int = UNSET,
+        delivery_paused: bool = UNSET,
+        max_backlog: int | None = UNSET,
+        max_backlog_bytes: int | None = UNSET,
+    ) -> QueueInfo:
+        """Change the given settings of a queue and leave the others as they are."""
+        check_name(name)
+        for _ in range(_CAS_ATTEMPTS):
+            current = (await self._record(name)).settings
+            wanted = _settings(
+                current,
+                delivery_delay=delivery_delay,
+                message_retention_period=message_retention_period,
+                delivery_paused=delivery_paused,
+                max_backlog=max_backlog,
+                max_backlog_bytes=max_backlog_bytes,
+            )
+            if await self._commit(model.UpdateQueue(name, wanted, current)):
+                return await self.get(name)
+        raise errors.StorageError(f"queue {name!r} kept changing; its update was not applied")
+
+    async def pause(self, name: str) -> QueueInfo:
+        """Stop delivery: consumers get nothing (pulls raise QueuePaused); sends still work."""
+        return await self.update(name, delivery_paused=True)
+
+    async def resume(self, name: str) -> QueueInfo:
+        """Start delivery again after ``pause``."""
+        return await self.update(name, delivery_paused=False)
+
+    async def delete(self, name: str) -> None:
+        """Delete a queue, its consumer and every message in it, in flight or not.
+
+        Workers consuming it stop taking batches from it; acks of batches in
+        flight find nothing and are ignored. A consumer whose dead-letter queue
+        it was creates it again when it next dead-letters a message.
+        """
+        check_name(name)
+        await self._commit(model.DeleteQueue(name))
+
+    async def purge(self, name: str) -> None:
+        """Delete every message of a queue, delayed and in-flight ones too."""
+        await self._commit(model.PurgeQueue(name))
+
+    async def metrics(self, name: str) -> QueueMetrics:
+        """Backlog count and bytes, oldest message, in-flight, retried and dead-lettered."""
+        return _metrics(await self._storage.stats(name))
+
+    async def peek(self, name: str, n: int = 5) -> builtins.list[PeekedMessage]:
+        """Up to ``n`` messages in delivery order, without leasing them."""
+        n = whole_number("n", n, 1, limits.MAX_PULL_BATCH_SIZE)
+        await self._record(name)
+        stored = await self._storage.peek(name, limit=n)
+        return [
+            PeekedMessage(
+                m.message_id,
+                decode_body(m.body, m.content_type),
+                m.body,
+                m.content_type,
+                m.enqueued_at_ms,
+                m.attempts,
+            )
+            for m in stored
+        ]
+
+    # --- consumers ------------------------------------------------------------
+
+    async def get_consumer(self, name: str) -> Consumer | None:
+        """The queue's consumer, or None."""
+        return load_consumer((await self._record(name)).consumer)
+
+    async def add_consumer(self, name: str, /, type: str = "worker", **settings: Any) -> Consumer:
+        """Give a queue its consumer (settings as in :class:`kvqueue.Consumer`).
+
+        Raises:
+            ConsumerExists: the queue already has one (a queue has one consumer).
+        """
+        consumer = make_consumer(type, **settings)
+        _no_self_dead_letter(name, consumer)
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._record(name)
+            existing = load_consumer(record.consumer)
+            if existing is not None:
+                raise errors.ConsumerExists(name, existing.describe())
+            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
+            change = model.SetConsumer(name, dump_consumer(stamped), None)
+            if await self._commit(change):
+                return stamped
+        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not added")
+
+    async def update_consumer(
+        self, name: str, /, type: str = "worker", **settings: Any
+    ) -> Consumer:
+        """Replace the queue's consumer settings (adding the consumer if it has none)."""
+        consumer = make_consumer(type, **settings)
+        _no_self_dead_letter(name, consumer)
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._record(name)
+            existing = load_consumer(record.consumer)
+            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
+            if existing is not None:
+                stamped = replace(
+                    consumer,
+                    consumer_id=existing.consumer_id,
+                    created_at_ms=existing.created_at_ms,
+                )
+            change = model.SetConsumer(name, dump_consumer(stamped), record.consumer)
+            if await self._commit(change):
+                return stamped
+        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not updated")
+
+    async def remove_consumer(self, name: str) -> None:
+        """Remove the queue's consumer; workers consuming it stop taking its batches.
+
+        Raises:
+            ConsumerNotFound: the queue has no consumer.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._record(name)
+            if record.consumer is None:
+                raise errors.ConsumerNotFound(name)
+            if await self._commit(model.SetConsumer(name, None, record.consumer)):
+                return
+        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not removed")
+
+    async def claim_worker(self, name: str, consumer: Consumer) -> Consumer:
+        """Register ``consumer`` (a worker) on the queue, or take over its settings if
+        the same worker is registered already; another consumer raises ConsumerExists."""
+        _no_self_dead_letter(name, consumer)
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._record(name)
+            existing = load_consumer(record.consumer)
+            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
+            if existing is not None:
+                if existing.type != "worker" or existing.script_name != consumer.script_name:
+                    raise errors.ConsumerExists(name, existing.describe())
+                stamped = replace(
+                    consumer,
+                    consumer_id=existing.consumer_id,
+                    created_at_ms=existing.created_at_ms,
+                )
+                if stamped == existing:
+                    return existing
+            change = model.SetConsumer(name, dump_consumer(stamped), record.consumer)
+            if await self._commit(change):
+                return stamped
+        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not set")
+
+
+def _no_self_dead_letter(name: str, consumer: Consumer) -> None:
+    if consumer.dead_letter_queue == name:
+        raise errors.InvalidOption(f"queue {name!r} cannot be its own dead-letter queue")
+
+
+def _settings(current: model.QueueSettings, **given: Any) -> model.QueueSettings:
+    """``current`` with the given (not UNSET) settings checked and applied."""
+    changes: dict[str, Any] = {}
+    if given.get("delivery_delay", UNSET) is not UNSET:
+        seconds = whole_number(
+            "delivery_delay", given["delivery_delay"], 0, limits.MAX_DELAY_SECONDS
+        )
+        changes["delivery_delay_ms"] = seconds * 1000
+    if given.get("message_retention_period", UNSET) is not UNSET:
+        seconds = whole_number(
+            "message_retention_period",
+            given["message_retention_period"],
+            limits.MIN_RETENTION_SECONDS,
+            limits.MAX_RETENTION_SECONDS,
+        )
+        changes["retention_ms"] = seconds * 1000
+    if given.get("delivery_paused", UNSET) is not UNSET:
+        paused = given["delivery_paused"]
+        if not isinstance(paused, bool):
+            raise errors.InvalidOption(f"delivery_paused is True or False, got {paused!r}")
+        changes["paused"] = paused
+    for key in ("max_backlog", "max_backlog_bytes"):
+        value = given.get(key, UNSET)
+        if value is not UNSET:
+            changes[key] = None if value is None else whole_number(key, value, 1, 2**62)
+    return replace(current, **changes)
+
+
+class AsyncQueue:
+    """One named queue of an AsyncDatabase: ``db.queue(name)``."""
+
+    def __init__(self, database: AsyncDatabase, name: str) -> None:
+        self._db = database
+        self.name = check_name(name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncQueue {self.name!r}>"
+
+    async def _sent(self, enqueues: Sequence[model.Enqueue]) -> SendResult:
+        await self._db.commit_write(model.AtomicWrite(enqueues=tuple(enqueues)))
+        metrics = _metrics(await self._db.storage.stats(self.name))
+        return SendResult(tuple(e.message_id for e in enqueues), metrics)
+
+    async def send(
+        self,
+        body: Any,
+        *,
+        content_type: ContentType | str = "json",
+        delay_seconds: float | None = None,
+    ) -> SendResult:
+        """Send one message; it is on disk when this returns.
+
+        ``delay_seconds`` None takes the queue's ``delivery_delay``; 0 means none.
+
+        Raises:
+            InvalidMessage, MessageTooLarge, InvalidDelay, QueueNotFound, QueueFull.
+        """
+        return await self._sent([build_send(self.name, body, content_type, delay_seconds)])
+
+    async def send_batch(
+        self,
+        messages: Iterable[MessageSendRequest | Any],
+        *,
+        delay_seconds: float | None = None,
+    ) -> SendResult:
+        """Send up to 100 messages (256,000 bytes) at once, all or none.
+
+        A message's own delay beats ``delay_seconds``, which beats the queue's.
+        Items that are not MessageSendRequest are sent as JSON bodies.
+
+        Raises:
+            EmptyBatch, TooManyMessages, BatchTooLarge, InvalidBatchDelay, and
+            the errors of :meth:`send`.
+        """
+        return await self._sent(build_batch(self.name, messages, delay_seconds))
+
+    async def metrics(self) -> QueueMetrics:
+        """This queue's metrics (see :meth:`AsyncQueues.metrics`)."""
+        return _metrics(await self._db.storage.stats(self.name))
+
+    async def _pull_consumer(self) -> Consumer:
+        record = await self._db.queues._record(self.name)
+        if record.settings.paused:
+            raise errors.QueuePaused(self.name)
+        consumer = load_consumer(record.consumer)
+        if consumer is None:
+            return DEFAULT_PULL_CONSUMER
+        if consumer.type != "http_pull":
+            raise errors.ConsumerExists(self.name, consumer.describe())
+        return consumer
+
+    async def pull(
+        self, batch_size: int | None = None, visibility_timeout_ms: int | None = None
+    ) -> PullResult:
+        """Lease up to ``batch_size`` messages for ``visibility_timeout_ms``.
+
+        Defaults come from the queue's http_pull consumer (5 messages, 30 s).
+        An empty queue answers at once with no messages.
+
+        Raises:
+            QueuePaused: delivery is paused.
+            ConsumerExists: the queue has a worker consumer.
+        """
+        consumer = await self._pull_consumer()
+        size = whole_number(
+            "batch_size",
+            consumer.batch_size if batch_size is None else batch_size,
+            1,
+            limits.MAX_PULL_BATCH_SIZE,
+        )
+        timeout = whole_number(
+            "visibility_timeout_ms",
+            consumer.visibility_timeout_ms
+            if visibility_timeout_ms is None
+            else visibility_timeout_ms,
+            1,
+            limits.MAX_VISIBILITY_TIMEOUT_MS,
+        )
+        storage = self._db.storage
+        policy = RetryPolicy(consumer)
+        leased = await storage.lease(
+            self.name, lease=secrets.token_hex(8), limit=size, lease_ms=timeout
+        )
+        pulled: list[PulledMessage] = []
+        for message in leased:
+            write = policy.exhausted(message)
+            if write is not None:
+                await self._db.commit_write(write)
+                continue
+            pulled.append(
+                PulledMessage(
+                    message.message_id,
+                    decode_body(message.body, message.content_type),
+                    message.body,
+                    message.content_type,
+                    message.enqueued_at_ms,
+                    message.attempts,
+                    _lease_id(message),
+                )
+            )
+        stats = await storage.stats(self.name)
+        return PullResult(pulled, stats.backlog_count)
+
+    async def ack(
+        self,
+        acks: Iterable[str] = (),
+        retries: Iterable[str | tuple[str, float | None]] = (),
+    ) -> AckResult:
+        """Settle pulled messages by lease id: ack them, or retry them (optionally
+        after a delay in seconds: ``(lease_id, delay_seconds)``).
+
+        An ack after the visibility timeout is still accepted. A lease id that
+        matches nothing (malformed, already acked, or retried under a newer
+        lease) is reported in ``warnings`` and changes nothing.
+        """
+        record = await self._db.queues._record(self.name)
+        consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+        policy = RetryPolicy(consumer)
+        warnings: dict[str, str] = {}
+        kinds: list[tuple[str, str]] = []
+        writes: list[model.AtomicWrite] = []
+        for lease_id in acks:
+            held = _parse_lease_id(self.name, lease_id)
+            if held is None:
+                warnings[str(lease_id)] = "unknown lease id"
+                continue
+            kinds.append(("ack", lease_id))
+            writes.append(model.AtomicWrite(settlements=(model.Ack(self.name, held.message_id),)))
+        for item in retries:
+            lease_id, delay = item if isinstance(item, tuple) else (item, None)
+            held = _parse_lease_id(self.name, lease_id)
+            if held is None:
+                warnings[str(lease_id)] = "unknown lease id"
+                continue
+            kinds.append(("retry", lease_id))
+            writes.append(policy.retry(held, delay_ms(delay))[0])
+        counts = {"ack": 0, "retry": 0}
+        if writes:
+            committed = await self._db.storage.commit(model.merge(writes))
+            settled = committed.settled if committed is not None else ()
+            for (kind, lease_id), applied in zip(kinds, settled, strict=True):
+                if applied:
+                    counts[kind] += 1
+                elif kind == "ack":
+                    warnings[lease_id] = "no such message: it was already acked or deleted"
+                else:
+                    warnings[lease_id] = (
+                        "the message is not held by this lease: it was acked, retried,"
+                        " or leased again"
+                    )
+        return AckResult(counts["ack"], counts["retry"], warnings)
