@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kvqueue
+
+T = TypeVar("T")
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -19,6 +21,20 @@ async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.001)
+
+
+async def wait_until_async(
+    probe: Callable[[], Awaitable[T]], condition: Callable[[T], bool], within: float = 10.0
+) -> T:
+    """Await ``probe()`` until its result meets ``condition``; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if condition(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in time; last result {result!r}")
+        await asyncio.sleep(0.005)
 
 
 async def asleep_until(clock: kvqueue.FakeClock, ms: int) -> None:
