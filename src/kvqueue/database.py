@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from kvqueue import errors, limits, model, values
-from kvqueue.atomic import AsyncAtomicOperation, kv_enqueue
+from kvqueue.atomic import KV_QUEUE, AsyncAtomicOperation, kv_enqueue
 from kvqueue.clock import Clock
 from kvqueue.delivery import in_handler
 from kvqueue.keys import Key, encode_read_key, successor
@@ -25,10 +25,13 @@ from kvqueue.waiting import first_of
 
 logger = logging.getLogger("kvqueue")
 
-# Longest pause of the expiry sweeper. Reads skip expired keys, so for keys
-# sweeping only reclaims space; messages past their queue's retention are
-# deleted within this long.
+# Longest pause of the expiry sweeper while something will expire, and its
+# pause when nothing will (a write here that adds something wakes it; one in
+# another process does not). Reads skip expired keys, so for keys sweeping
+# only reclaims space; messages past their queue's retention are deleted
+# within _SWEEP_MAX_MS.
 _SWEEP_MAX_MS = 60_000
+_SWEEP_IDLE_MS = 3_600_000
 # How long a watch waits for a wake-up before reading its keys again anyway.
 _WATCH_RECHECK_MS = 5_000
 
@@ -58,6 +61,7 @@ class AsyncDatabase:
         self._closed = asyncio.Event()
         self._close_callbacks: list[Callable[[], None]] = []
         self._expiry_added = asyncio.Event()
+        self._sweeper_idle = False
         self._queues = AsyncQueues(self)
         self._sweeper = asyncio.create_task(self._sweep_expired())
 
@@ -185,7 +189,9 @@ class AsyncDatabase:
         committed = await self._storage.commit(write)
         if committed is None:
             return model.CommitResult(ok=False)
-        if any(m.expire_in_ms is not None for m in write.mutations):
+        if any(m.expire_in_ms is not None for m in write.mutations) or (
+            self._sweeper_idle and any(e.queue != KV_QUEUE for e in write.enqueues)
+        ):
             self._expiry_added.set()
         return model.CommitResult(
             ok=True, versionstamp=values.versionstamp_hex(committed.versionstamp)
@@ -256,7 +262,8 @@ class AsyncDatabase:
             except errors.KvQueueError:
                 logger.exception("could not purge expired keys and messages")
                 remaining = None
-            pause = _SWEEP_MAX_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
+            self._sweeper_idle = remaining is None
+            pause = _SWEEP_IDLE_MS if remaining is None else min(remaining + 1, _SWEEP_MAX_MS)
             self._expiry_added.clear()
             await first_of(self._storage.clock.sleep(pause / 1000), self._expiry_added.wait())
 
