@@ -6,6 +6,7 @@ python examples/tour.py [DB]   (default: kvqueue-tour.db in the current director
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any
 
@@ -33,6 +34,49 @@ def main(path: str = "kvqueue-tour.db") -> None:
         started = time.perf_counter()
         db.listen_queue(handler)
         print(f"handled {len(handled)} messages in {time.perf_counter() - started:.2f}s")
+    named_queue(path)
+
+
+def named_queue(path: str) -> None:
+    """A named queue with a batching push consumer, a retry and a dead-letter queue."""
+    with kvqueue.open(path) as db:
+        if "webhooks" not in [q.name for q in db.queues.list()]:
+            db.queues.create("webhooks")
+        db.queue("webhooks").send_batch(
+            [{"event": "push", "n": i} for i in range(25)] + [{"event": "broken"}]
+        )
+        worker = kvqueue.Worker(db, name="tour")
+        seen: list[int] = []
+
+        @worker.consumer(
+            "webhooks",
+            max_batch_size=10,
+            max_batch_timeout=0.1,
+            max_retries=1,
+            dead_letter_queue="webhooks-dlq",
+        )
+        def handle(batch: kvqueue.MessageBatch) -> None:
+            for msg in batch.messages:
+                if msg.body["event"] == "broken":
+                    msg.retry()  # the others in the batch are still acked
+                else:
+                    seen.append(msg.body["n"])
+
+        def stop_when_done() -> None:
+            while len(seen) < 25 or db.queues.metrics("webhooks").backlog_count:
+                time.sleep(0.01)
+            worker.stop()
+
+        watcher = threading.Thread(target=stop_when_done)
+        watcher.start()
+        worker.run()
+        watcher.join()
+        dead = db.queue("webhooks-dlq").pull(batch_size=10)
+        print(
+            f"webhooks: handled {len(seen)} in batches; dead-lettered:",
+            [m.body for m in dead.messages],
+        )
+        db.queue("webhooks-dlq").ack(acks=[m.lease_id for m in dead.messages])
 
 
 if __name__ == "__main__":
