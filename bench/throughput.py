@@ -88,6 +88,43 @@ async def end_to_end(path: str, n: int, batch: int = 100) -> float:
     return n / elapsed
 
 
+async def named_single_send(path: str, n: int) -> float:
+    db = await kvqueue.open_async(path)
+    await db.queues.create("bench")
+    queue = db.queue("bench")
+    started = time.perf_counter()
+    for _ in range(n):
+        await queue.send(PAYLOAD)
+    elapsed = time.perf_counter() - started
+    await db.close()
+    return n / elapsed
+
+
+async def named_end_to_end(path: str, n: int, batch: int = 100) -> float:
+    """send_batch x100 into a named queue, a Worker acking batches of 100."""
+    db = await kvqueue.open_async(path)
+    await db.queues.create("bench")
+    worker = kvqueue.Worker(db, name="bench")
+    count = 0
+
+    @worker.consumer("bench", max_batch_size=100, max_batch_timeout=0.05)
+    async def handle(messages: kvqueue.MessageBatch) -> None:
+        nonlocal count
+        count += len(messages.messages)
+        if count >= n:
+            worker.stop()
+
+    serving = asyncio.create_task(worker.serve())
+    started = time.perf_counter()
+    queue = db.queue("bench")
+    for _ in range(n // batch):
+        await queue.send_batch([PAYLOAD] * batch)
+    await serving
+    elapsed = time.perf_counter() - started
+    await db.close()
+    return n / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=5000)
@@ -98,6 +135,8 @@ def main() -> None:
         single = asyncio.run(single_awaited(p("single.db"), n))
         concurrent = asyncio.run(concurrent_producers(p("concurrent.db"), n * 4))
         e2e = asyncio.run(end_to_end(p("e2e.db"), n * 4))
+        named_single = asyncio.run(named_single_send(p("named.db"), n))
+        named_e2e = asyncio.run(named_end_to_end(p("named_e2e.db"), n * 4))
     results = {
         "raw_sqlite_insert_commit_per_s": round(raw),
         "enqueue_single_awaited_per_s": round(single),
@@ -105,6 +144,9 @@ def main() -> None:
         "ratio_concurrent_vs_single": round(concurrent / single, 1),
         "ratio_concurrent_vs_raw_single_commit": round(concurrent / raw, 1),
         "enqueue_batched_100_plus_listen_e2e_per_s": round(e2e),
+        "named_send_single_awaited_per_s": round(named_single),
+        "named_send_batch_100_plus_worker_e2e_per_s": round(named_e2e),
+        "ratio_named_single_send_vs_raw_single_commit": round(named_single / raw, 2),
     }
     print(json.dumps(results, indent=2))
 

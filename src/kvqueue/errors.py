@@ -99,7 +99,14 @@ class LimitExceeded(InvalidInput):
     subject: str = "input"
 
     def __init__(
-        self, limit: str, maximum: int, actual: int, *, detail: str = "", unit: str | None = None
+        self,
+        limit: str,
+        maximum: int,
+        actual: int,
+        *,
+        detail: str = "",
+        unit: str | None = None,
+        message: str | None = None,
     ) -> None:
         self.limit = limit
         self.maximum = maximum
@@ -107,12 +114,20 @@ class LimitExceeded(InvalidInput):
         if unit is not None:
             self.unit = unit
         unit = f" {self.unit}" if self.unit else ""
-        message = (
-            f"{self.subject} is {actual:,}{unit}, over the limit {limit} = {maximum:,}{unit}"
-            f" by {actual - maximum:,}"
-        )
-        if detail:
-            message = f"{message} ({detail})"
+        if message is None:
+            if actual < maximum:
+                # A lower bound was broken (``limit`` names the minimum then).
+                message = (
+                    f"{self.subject} is {actual:,}{unit}, under the minimum {limit} ="
+                    f" {maximum:,}{unit} by {maximum - actual:,}"
+                )
+            else:
+                message = (
+                    f"{self.subject} is {actual:,}{unit}, over the limit {limit} ="
+                    f" {maximum:,}{unit} by {actual - maximum:,}"
+                )
+            if detail:
+                message = f"{message} ({detail})"
         super().__init__(message)
 
 

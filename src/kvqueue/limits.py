@@ -56,7 +56,8 @@ MAX_MESSAGE_BYTES = 128_000
 MAX_BATCH_MESSAGES = 100
 #: Most bytes of bodies in one send_batch.
 MAX_BATCH_BYTES = 256_000
-#: Longest delivery, send or retry delay, in seconds (24 hours).
+#: Shortest and longest delivery, send or retry delay, in seconds (0 .. 24 hours).
+MIN_DELAY_SECONDS = 0
 MAX_DELAY_SECONDS = 86_400
 #: Shortest and longest message_retention_period, in seconds (60 s .. 14 days).
 MIN_RETENTION_SECONDS = 60

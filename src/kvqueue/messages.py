@@ -8,6 +8,7 @@ carrying Cloudflare's error code (see :mod:`kvqueue.errors`).
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Iterable
@@ -104,22 +105,23 @@ def delay_ms(delay_seconds: Any, *, batch: bool = False) -> int | None:
     if delay_seconds is None:
         return None
     error = errors.InvalidBatchDelay if batch else errors.InvalidDelay
-    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+    limit = limits.MAX_DELAY_SECONDS
+    if (
+        isinstance(delay_seconds, bool)
+        or not isinstance(delay_seconds, int | float)
+        or not math.isfinite(delay_seconds)
+    ):
         raise error(
             "MAX_DELAY_SECONDS",
-            limits.MAX_DELAY_SECONDS,
+            limit,
             0,
-            unit="s",
-            detail=f"delay_seconds is a number of seconds, got {delay_seconds!r}",
+            message=f"delay_seconds is a number of seconds in MIN_DELAY_SECONDS = 0 .."
+            f" MAX_DELAY_SECONDS = {limit:,}, got {delay_seconds!r}",
         )
-    if not 0 <= delay_seconds <= limits.MAX_DELAY_SECONDS:
-        raise error(
-            "MAX_DELAY_SECONDS",
-            limits.MAX_DELAY_SECONDS,
-            int(delay_seconds),
-            unit="s",
-            detail="a delay is 0 .. 86,400 seconds",
-        )
+    if delay_seconds < 0:
+        raise error("MIN_DELAY_SECONDS", 0, math.floor(delay_seconds), unit="s")
+    if delay_seconds > limit:
+        raise error("MAX_DELAY_SECONDS", limit, math.ceil(delay_seconds), unit="s")
     return round(delay_seconds * 1000)
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kvqueue import errors, limits, model
+from kvqueue.atomic import KV_QUEUE
 from kvqueue.consumers import (
     DEFAULT_PULL_CONSUMER,
     Consumer,
@@ -137,27 +138,36 @@ class PeekedMessage:
     """A message as it waits in its queue; peeking leases nothing."""
 
     id: str
-    body: Any = field(repr=False)
     raw: bytes = field(repr=False)
     content_type: str
     timestamp_ms: int
     attempts: int
+
+    @property
+    def body(self) -> Any:
+        """The body decoded by content type; raises CorruptValue if it cannot be."""
+        return decode_body(self.raw, self.content_type)
 
 
 @dataclass(frozen=True, slots=True)
 class PulledMessage:
     """A message leased to a pull consumer until ack, retry or its visibility timeout.
 
-    ``body`` is decoded by content type; ``raw`` is the stored bytes.
+    ``raw`` is the stored bytes; ``body`` decodes them by content type when read,
+    so one undecodable message cannot break a pull.
     """
 
     id: str
-    body: Any = field(repr=False)
     raw: bytes = field(repr=False)
     content_type: str
     timestamp_ms: int
     attempts: int
     lease_id: str
+
+    @property
+    def body(self) -> Any:
+        """The body decoded by content type; raises CorruptValue if it cannot be."""
+        return decode_body(self.raw, self.content_type)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -208,7 +218,7 @@ class AsyncQueues:
         return self._db.storage
 
     async def _record(self, name: str) -> model.QueueRecord:
-        records = await self._storage.queues([name])
+        records = await self._storage.queues([check_name(name)])
         if not records:
             raise errors.QueueNotFound(name)
         record: model.QueueRecord = records[0]
@@ -306,10 +316,15 @@ class AsyncQueues:
 
     async def purge(self, name: str) -> None:
         """Delete every message of a queue, delayed and in-flight ones too."""
-        await self._commit(model.PurgeQueue(name))
+        await self._commit(model.PurgeQueue(check_name(name)))
 
     async def metrics(self, name: str) -> QueueMetrics:
-        """Backlog count and bytes, oldest message, in-flight, retried and dead-lettered."""
+        """Backlog count and bytes, oldest message, in-flight, retried and dead-lettered.
+
+        Also answers for the KV queue, ``kvqueue.KV_QUEUE``.
+        """
+        if name != KV_QUEUE:
+            check_name(name)
         return _metrics(await self._storage.stats(name))
 
     async def peek(self, name: str, n: int = 5) -> builtins.list[PeekedMessage]:
@@ -320,7 +335,6 @@ class AsyncQueues:
         return [
             PeekedMessage(
                 m.message_id,
-                decode_body(m.body, m.content_type),
                 m.body,
                 m.content_type,
                 m.enqueued_at_ms,
@@ -550,7 +564,6 @@ class AsyncQueue:
             pulled.append(
                 PulledMessage(
                     message.message_id,
-                    decode_body(message.body, message.content_type),
                     message.body,
                     message.content_type,
                     message.enqueued_at_ms,
@@ -573,8 +586,11 @@ class AsyncQueue:
         matches nothing (malformed, already acked, or retried under a newer
         lease) is reported in ``warnings`` and changes nothing.
         """
-        record = await self._db.queues._record(self.name)
-        consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+        records = await self._db.storage.queues([self.name])
+        # A deleted queue still answers: its messages are gone, so every id warns.
+        consumer = (load_consumer(records[0].consumer) if records else None) or (
+            DEFAULT_PULL_CONSUMER
+        )
         policy = RetryPolicy(consumer)
         warnings: dict[str, str] = {}
         kinds: list[tuple[str, str]] = []

@@ -90,12 +90,14 @@ RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
 SQL_MESSAGE_EXTEND = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
 SQL_MESSAGE_LEASE_HELD = "SELECT 1 FROM messages WHERE id = ? AND lease = ?"
 SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ? AND queue = ?"
-SQL_MESSAGE_RETRY = "UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ?"
+SQL_MESSAGE_RETRY = """
+UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ? AND queue = ?
+"""
 SQL_MESSAGE_MOVE = """
 UPDATE messages SET queue = ?, attempts = 0, lease = NULL, visible_at = ?, attributes = NULL
-WHERE id = ? AND lease = ?
+WHERE id = ? AND lease = ? AND queue = ?
 """
-SQL_MESSAGE_DROP = "DELETE FROM messages WHERE id = ? AND lease = ?"
+SQL_MESSAGE_DROP = "DELETE FROM messages WHERE id = ? AND lease = ? AND queue = ?"
 SQL_MESSAGE_NEXT_VISIBLE = "SELECT min(visible_at) FROM messages WHERE queue = ?"
 SQL_MESSAGE_PEEK = """
 SELECT id, body, content_type, enqueued_at, attempts, attributes FROM messages
@@ -647,16 +649,18 @@ def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
     if isinstance(s, model.Ack):
         return conn.execute(SQL_MESSAGE_ACK, (s.message_id, s.queue)).rowcount > 0
     if isinstance(s, model.Retry):
-        done = conn.execute(SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease)).rowcount
+        delay_row = (now + s.delay_ms, s.message_id, s.lease, s.queue)
+        done = conn.execute(SQL_MESSAGE_RETRY, delay_row).rowcount
         if done:
             conn.execute(SQL_QUEUE_RETRIED, (s.queue,))
         return done > 0
     if s.to_queue is None:
-        done = conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease)).rowcount
+        done = conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease, s.queue)).rowcount
     else:
         if conn.execute(SQL_QUEUE_LIMITS, (s.to_queue,)).fetchone() is None:
             raise errors.QueueNotFound(s.to_queue)
-        done = conn.execute(SQL_MESSAGE_MOVE, (s.to_queue, now, s.message_id, s.lease)).rowcount
+        moved = (s.to_queue, now, s.message_id, s.lease, s.queue)
+        done = conn.execute(SQL_MESSAGE_MOVE, moved).rowcount
     if done:
         conn.execute(SQL_QUEUE_DEAD_LETTERED, (s.queue,))
     return done > 0
