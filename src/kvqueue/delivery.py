@@ -142,7 +142,10 @@ class Engine:
                     await first_of(self._slot_free.wait(), self._stop.wait())
                     continue
                 if self._gate is not None and not await self._gate():
-                    await self._idle()
+                    # Paused, gone, or no longer ours: any commit may change that.
+                    await first_of(
+                        self._storage.wait(None, timeout_ms=_IDLE_RECHECK_MS), self._stop.wait()
+                    )
                     continue
                 await self._take_batches()
             while self._batches:
@@ -152,9 +155,10 @@ class Engine:
 
     # --- leasing ------------------------------------------------------------
 
-    async def _idle(self) -> None:
+    async def _idle(self, after_ms: int) -> None:
         await first_of(
-            self._storage.wait(self._queue, timeout_ms=_IDLE_RECHECK_MS), self._stop.wait()
+            self._storage.wait(self._queue, timeout_ms=_IDLE_RECHECK_MS, after_ms=after_ms),
+            self._stop.wait(),
         )
 
     async def _lease(self, token: str, limit: int) -> list[model.LeasedMessage]:
@@ -183,10 +187,12 @@ class Engine:
         # A cross-process bound counts leases, so each batch needs a lease of its own.
         want = size if self._max_leases is not None else size * free
         token = secrets.token_hex(8)
+        leased_at = self._storage.clock.now_ms()
         leased = await self._lease(token, want)
         if not leased:
+            # Whatever was visible then was refused (the concurrency bound): wait for news.
             self._scale(full=False)
-            await self._idle()
+            await self._idle(leased_at)
             return
         whole = len(leased) // size * size
         for start in range(0, whole, size):
@@ -200,16 +206,18 @@ class Engine:
     ) -> list[model.LeasedMessage]:
         """Top ``batch`` up to a full batch until its timeout runs out."""
         clock = self._storage.clock
-        deadline = clock.now_ms() + self._batch_timeout_ms
+        looked_at = clock.now_ms()
+        deadline = looked_at + self._batch_timeout_ms
         while len(batch) < self._batch_size and not self._stop.is_set():
             remaining = deadline - clock.now_ms()
             if remaining <= 0:
                 break
             await first_of(
-                self._storage.wait(self._queue, timeout_ms=remaining),
+                self._storage.wait(self._queue, timeout_ms=remaining, after_ms=looked_at),
                 clock.sleep(remaining / 1000),
                 self._stop.wait(),
             )
+            looked_at = clock.now_ms()
             batch += await self._lease(token, self._batch_size - len(batch))
         return batch
 

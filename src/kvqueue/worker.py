@@ -143,13 +143,18 @@ class Worker:
         if not self._registrations:
             raise errors.InvalidOption("this worker has no consumers: decorate a handler first")
         runners: list[HandlerRunner] = []
-        for registration in self._registrations:
-            consumer = await db.queues.claim_worker(registration.queue, registration.consumer)
-            runner = HandlerRunner(
-                registration.handler, threads=consumer.max_concurrency or limits.MAX_CONCURRENCY
-            )
-            runners.append(runner)
-            self._engines.append(self._engine(db, registration.queue, consumer, runner))
+        try:
+            for registration in self._registrations:
+                consumer = await db.queues.claim_worker(registration.queue, registration.consumer)
+                runner = HandlerRunner(
+                    registration.handler,
+                    threads=consumer.max_concurrency or limits.MAX_CONCURRENCY,
+                )
+                runners.append(runner)
+                self._engines.append(self._engine(db, registration.queue, consumer, runner))
+        except BaseException:
+            self._engines.clear()
+            raise
         logger.info("worker consuming %s", ", ".join(self.queues))
         tasks = [asyncio.create_task(engine.run()) for engine in self._engines]
         try:

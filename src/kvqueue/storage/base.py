@@ -105,12 +105,17 @@ class Storage(Protocol):
         """
         ...
 
-    async def wait(self, queue: str | None, *, timeout_ms: int) -> None:
+    async def wait(
+        self, queue: str | None, *, timeout_ms: int, after_ms: int | None = None
+    ) -> None:
         """Return when something may have changed, or after ``timeout_ms``.
 
         With a queue: when a message of that queue may be visible (one became
         due on the storage's clock, or another caller, in this process or
-        another, committed). Without: when any commit may have happened.
+        another, committed a change). With ``after_ms``, messages that were
+        already visible at that clock time do not count: a consumer that was
+        just refused them (its concurrency bound) waits for a change instead of
+        spinning. Without a queue: when any change may have been committed.
         ``timeout_ms`` is real time: a safety net for a missed wake-up, not a
         schedule. Only a hint: callers re-check, and correctness never depends
         on it.

@@ -98,7 +98,9 @@ UPDATE messages SET queue = ?, attempts = 0, lease = NULL, visible_at = ?, attri
 WHERE id = ? AND lease = ? AND queue = ?
 """
 SQL_MESSAGE_DROP = "DELETE FROM messages WHERE id = ? AND lease = ? AND queue = ?"
-SQL_MESSAGE_NEXT_VISIBLE = "SELECT min(visible_at) FROM messages WHERE queue = ?"
+SQL_MESSAGE_NEXT_VISIBLE = """
+SELECT min(visible_at) FROM messages WHERE queue = ? AND visible_at > ?
+"""
 SQL_MESSAGE_PEEK = """
 SELECT id, body, content_type, enqueued_at, attempts, attributes FROM messages
 WHERE queue = ? ORDER BY visible_at, seq LIMIT ?
@@ -257,8 +259,12 @@ class _Writer:
                     stopping = True
                     break
                 batch.append(item)
+            before = self._conn.total_changes
             outcomes = self._apply(batch)
-            self._loop.call_soon_threadsafe(self._settle, outcomes)
+            # Only a transaction that changed rows wakes waiters: an empty lease
+            # waking the other consumers, whose empty leases wake it, would spin.
+            changed = self._conn.total_changes != before
+            self._loop.call_soon_threadsafe(self._settle, outcomes, changed)
 
     def _apply(
         self, batch: list[tuple[_Op, asyncio.Future[Any]]]
@@ -301,7 +307,9 @@ class _Writer:
         return outcomes
 
     def _settle(
-        self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        self,
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        changed: bool,
     ) -> None:
         for future, result, error in outcomes:
             if future.done():
@@ -310,7 +318,8 @@ class _Writer:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-        self._on_commit()
+        if changed:
+            self._on_commit()
 
 
 def _translate(exc: Exception) -> Exception:
@@ -525,14 +534,19 @@ class SqliteStorage:
 
         return await self._read(run)
 
-    async def wait(self, queue: str | None, *, timeout_ms: int) -> None:
+    async def wait(
+        self, queue: str | None, *, timeout_ms: int, after_ms: int | None = None
+    ) -> None:
         """See :meth:`kvqueue.storage.base.Storage.wait`."""
         # Take the event before looking, so a commit landing after the look wakes us.
         event = self._signal.current()
         due_in: int | None = None
         if queue is not None:
+            since = -1 if after_ms is None else after_ms
             next_visible = await self._read(
-                lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue,)).fetchone()[0]
+                lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[
+                    0
+                ]
             )
             if next_visible is not None:
                 due_in = next_visible - self.clock.now_ms()
