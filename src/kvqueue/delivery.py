@@ -118,6 +118,8 @@ class Engine:
         self._settled: dict[str, asyncio.Future[None]] = {}
         self._batches: set[asyncio.Task[None]] = set()
         self._pending: list[Decision] = []
+        # Messages decided and not yet settled: a later decision for one is ignored.
+        self._pending_ids: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._busy = asyncio.Event()
@@ -255,13 +257,14 @@ class Engine:
             for message in batch:
                 self._settled.pop(message.message_id, None)
                 self._held.pop(message.message_id, None)
+                self._pending_ids.discard(message.message_id)
             task = asyncio.current_task()
             if task is not None:
                 self._batches.discard(task)
             self._slot_free.set()
 
     def _is_pending(self, message: model.LeasedMessage) -> bool:
-        return any(d.message.message_id == message.message_id for d in self._pending)
+        return message.message_id in self._pending_ids
 
     def decide(self, decision: Decision) -> None:
         """Settle one message (from any thread); the first decision per message counts."""
@@ -275,6 +278,7 @@ class Engine:
         if future is None or future.done() or self._is_pending(decision.message):
             return
         self._pending.append(decision)
+        self._pending_ids.add(decision.message.message_id)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
 
@@ -336,6 +340,7 @@ class Engine:
 
     def _resolve(self, message: model.LeasedMessage) -> None:
         self._held.pop(message.message_id, None)
+        self._pending_ids.discard(message.message_id)
         future = self._settled.get(message.message_id)
         if future is not None and not future.done():
             future.set_result(None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -133,8 +133,22 @@ class SendResult:
     metrics: QueueMetrics
 
 
+class _DecodedOnRead:
+    """``body`` decoded from ``raw`` when read, so one undecodable message cannot
+    break a pull or a peek."""
+
+    __slots__ = ()
+    raw: bytes
+    content_type: str
+
+    @property
+    def body(self) -> Any:
+        """The body decoded by content type; raises CorruptValue if it cannot be."""
+        return decode_body(self.raw, self.content_type)
+
+
 @dataclass(frozen=True, slots=True)
-class PeekedMessage:
+class PeekedMessage(_DecodedOnRead):
     """A message as it waits in its queue; peeking leases nothing."""
 
     id: str
@@ -143,18 +157,12 @@ class PeekedMessage:
     timestamp_ms: int
     attempts: int
 
-    @property
-    def body(self) -> Any:
-        """The body decoded by content type; raises CorruptValue if it cannot be."""
-        return decode_body(self.raw, self.content_type)
-
 
 @dataclass(frozen=True, slots=True)
-class PulledMessage:
+class PulledMessage(_DecodedOnRead):
     """A message leased to a pull consumer until ack, retry or its visibility timeout.
 
-    ``raw`` is the stored bytes; ``body`` decodes them by content type when read,
-    so one undecodable message cannot break a pull.
+    ``raw`` is the stored bytes; ``body`` decodes them by content type when read.
     """
 
     id: str
@@ -163,11 +171,6 @@ class PulledMessage:
     timestamp_ms: int
     attempts: int
     lease_id: str
-
-    @property
-    def body(self) -> Any:
-        """The body decoded by content type; raises CorruptValue if it cannot be."""
-        return decode_body(self.raw, self.content_type)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -357,16 +360,15 @@ class AsyncQueues:
         """
         consumer = make_consumer(type, **settings)
         _no_self_dead_letter(name, consumer)
-        for _ in range(_CAS_ATTEMPTS):
-            record = await self._record(name)
-            existing = load_consumer(record.consumer)
+
+        def decide(existing: Consumer | None) -> Consumer:
             if existing is not None:
                 raise errors.ConsumerExists(name, existing.describe())
-            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
-            change = model.SetConsumer(name, dump_consumer(stamped), None)
-            if await self._commit(change):
-                return stamped
-        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not added")
+            return self._successor(consumer, None)
+
+        added = await self._change_consumer(name, decide, "added")
+        assert added is not None
+        return added
 
     async def update_consumer(
         self, name: str, /, type: str = "worker", **settings: Any
@@ -374,20 +376,11 @@ class AsyncQueues:
         """Replace the queue's consumer settings (adding the consumer if it has none)."""
         consumer = make_consumer(type, **settings)
         _no_self_dead_letter(name, consumer)
-        for _ in range(_CAS_ATTEMPTS):
-            record = await self._record(name)
-            existing = load_consumer(record.consumer)
-            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
-            if existing is not None:
-                stamped = replace(
-                    consumer,
-                    consumer_id=existing.consumer_id,
-                    created_at_ms=existing.created_at_ms,
-                )
-            change = model.SetConsumer(name, dump_consumer(stamped), record.consumer)
-            if await self._commit(change):
-                return stamped
-        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not updated")
+        updated = await self._change_consumer(
+            name, lambda existing: self._successor(consumer, existing), "updated"
+        )
+        assert updated is not None
+        return updated
 
     async def remove_consumer(self, name: str) -> None:
         """Remove the queue's consumer; workers consuming it stop taking its batches.
@@ -395,36 +388,55 @@ class AsyncQueues:
         Raises:
             ConsumerNotFound: the queue has no consumer.
         """
-        for _ in range(_CAS_ATTEMPTS):
-            record = await self._record(name)
-            if record.consumer is None:
+
+        def decide(existing: Consumer | None) -> None:
+            if existing is None:
                 raise errors.ConsumerNotFound(name)
-            if await self._commit(model.SetConsumer(name, None, record.consumer)):
-                return
-        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not removed")
+
+        await self._change_consumer(name, decide, "removed")
 
     async def claim_worker(self, name: str, consumer: Consumer) -> Consumer:
         """Register ``consumer`` (a worker) on the queue, or take over its settings if
         the same worker is registered already; another consumer raises ConsumerExists."""
         _no_self_dead_letter(name, consumer)
+
+        def decide(existing: Consumer | None) -> Consumer:
+            if existing is not None and (
+                existing.type != "worker" or existing.script_name != consumer.script_name
+            ):
+                raise errors.ConsumerExists(name, existing.describe())
+            return self._successor(consumer, existing)
+
+        claimed = await self._change_consumer(name, decide, "set")
+        assert claimed is not None
+        return claimed
+
+    def _successor(self, consumer: Consumer, existing: Consumer | None) -> Consumer:
+        """``consumer`` taking the place of ``existing``: it keeps its id and creation time."""
+        if existing is None:
+            return replace(consumer, created_at_ms=self._db.clock.now_ms())
+        return replace(
+            consumer, consumer_id=existing.consumer_id, created_at_ms=existing.created_at_ms
+        )
+
+    async def _change_consumer(
+        self,
+        name: str,
+        decide: Callable[[Consumer | None], Consumer | None],
+        what: str,
+    ) -> Consumer | None:
+        """Set the queue's consumer to ``decide(current)``, retrying when another
+        process changed it in between (compare-and-set on the stored consumer)."""
         for _ in range(_CAS_ATTEMPTS):
             record = await self._record(name)
             existing = load_consumer(record.consumer)
-            stamped = replace(consumer, created_at_ms=self._db.clock.now_ms())
-            if existing is not None:
-                if existing.type != "worker" or existing.script_name != consumer.script_name:
-                    raise errors.ConsumerExists(name, existing.describe())
-                stamped = replace(
-                    consumer,
-                    consumer_id=existing.consumer_id,
-                    created_at_ms=existing.created_at_ms,
-                )
-                if stamped == existing:
-                    return existing
-            change = model.SetConsumer(name, dump_consumer(stamped), record.consumer)
-            if await self._commit(change):
-                return stamped
-        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not set")
+            wanted = decide(existing)
+            if wanted == existing:
+                return existing
+            stored = None if wanted is None else dump_consumer(wanted)
+            if await self._commit(model.SetConsumer(name, stored, record.consumer)):
+                return wanted
+        raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not {what}")
 
 
 def _no_self_dead_letter(name: str, consumer: Consumer) -> None:
