@@ -15,9 +15,14 @@ from typing import Any, Literal
 import orjson
 
 from kvqueue import errors, limits, model
+from kvqueue.accounts import sibling
 from kvqueue.messages import check_name
 
 ConsumerType = Literal["worker", "http_pull"]
+#: How a server writes pulled json bodies: ``base64`` (Cloudflare's way) or
+#: ``plain`` (the JSON value itself). Text is plain and bytes base64 either way.
+BodyEncoding = Literal["base64", "plain"]
+BODY_ENCODINGS: tuple[BodyEncoding, ...] = ("base64", "plain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,8 @@ class Consumer:
         max_concurrency: push batches at once across all workers (1 .. 250);
             None scales with the backlog.
         visibility_timeout_ms: how long a pulled message stays leased (pull only).
+        body_encoding: how the server writes json bodies of pulled messages:
+            ``"base64"`` (Cloudflare's) or ``"plain"`` (pull only).
         consumer_id: 32 hex characters, fixed when the consumer is added.
         created_at_ms: when it was added (unix ms).
     """
@@ -49,6 +56,7 @@ class Consumer:
     retry_delay: float = 0
     max_concurrency: int | None = None
     visibility_timeout_ms: int = limits.DEFAULT_VISIBILITY_TIMEOUT_MS
+    body_encoding: BodyEncoding = "base64"
     consumer_id: str = ""
     created_at_ms: int = 0
 
@@ -84,12 +92,15 @@ def make_consumer(
     retry_delay: float = 0,
     max_concurrency: int | None = None,
     visibility_timeout_ms: int = limits.DEFAULT_VISIBILITY_TIMEOUT_MS,
+    body_encoding: str = "base64",
 ) -> Consumer:
     """A checked Consumer; raises InvalidOption naming the setting out of range."""
     if type not in ("worker", "http_pull"):
         raise errors.InvalidOption(f'a consumer type is "worker" or "http_pull", got {type!r}')
     if dead_letter_queue is not None:
         check_name(dead_letter_queue)
+    if body_encoding not in BODY_ENCODINGS:
+        raise errors.InvalidOption(f'body_encoding is "base64" or "plain", got {body_encoding!r}')
     default_size = limits.DEFAULT_BATCH_SIZE if type == "worker" else limits.DEFAULT_PULL_BATCH_SIZE
     size = default_size if batch_size is None else batch_size
     return Consumer(
@@ -108,6 +119,7 @@ def make_consumer(
         visibility_timeout_ms=whole_number(
             "visibility_timeout_ms", visibility_timeout_ms, 1, limits.MAX_VISIBILITY_TIMEOUT_MS
         ),
+        body_encoding=body_encoding,
         consumer_id=secrets.token_hex(16),
     )
 
@@ -156,6 +168,8 @@ class RetryPolicy:
     def dead_letter(self, message: model.LeasedMessage) -> model.AtomicWrite:
         """Move ``message`` to the dead-letter queue, creating it if missing; or drop it."""
         target = self._dead_letter_queue
+        if target is not None:
+            target = sibling(message.queue, target)
         settle = model.DeadLetter(message.queue, message.message_id, message.lease, target)
         if target is None:
             return model.AtomicWrite(settlements=(settle,))

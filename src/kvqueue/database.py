@@ -21,6 +21,7 @@ from kvqueue.kv_queue import Listener
 from kvqueue.listing import AsyncListIterator, Pager
 from kvqueue.queues import AsyncQueue, AsyncQueues
 from kvqueue.storage import Storage, open_storage
+from kvqueue.tokens import AsyncTokens
 from kvqueue.waiting import first_of
 
 logger = logging.getLogger("kvqueue")
@@ -63,6 +64,7 @@ class AsyncDatabase:
         self._expiry_added = asyncio.Event()
         self._sweeper_idle = False
         self._queues = AsyncQueues(self)
+        self._tokens = AsyncTokens(self)
         self._sweeper = asyncio.create_task(self._sweep_expired())
 
     @property
@@ -90,6 +92,18 @@ class AsyncDatabase:
         """The named queue ``name``, to send to and pull from (it must be created first)."""
         self._ensure_open()
         return AsyncQueue(self, name)
+
+    @property
+    def tokens(self) -> AsyncTokens:
+        """The server's bearer tokens: create, list, revoke."""
+        self._ensure_open()
+        return self._tokens
+
+    def queues_of(self, account: str) -> AsyncQueues:
+        """The named queues of one account (:mod:`kvqueue.accounts`); ``db.queues``
+        is the default account's."""
+        self._ensure_open()
+        return self._queues if account == self._queues.account else AsyncQueues(self, account)
 
     def _ensure_open(self) -> None:
         if self._closing:

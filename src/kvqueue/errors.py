@@ -19,6 +19,8 @@ answers with (``exc.status``, ``exc.code``), from the one table
     │   ├── InvalidQueueName
     │   ├── InvalidMessage                      a body that does not fit its content type
     │   ├── EmptyBatch
+    │   ├── InvalidAccount
+    │   ├── MalformedRequest                    a request body that is not JSON
     │   └── LimitExceeded                       a named limit of kvqueue.limits
     │       ├── KeyTooLarge
     │       ├── ValueTooLarge
@@ -33,7 +35,8 @@ answers with (``exc.status``, ``exc.code``), from the one table
     │       ├── InvalidBackoffSchedule
     │       ├── MessageTooLarge
     │       ├── BatchTooLarge
-    │       └── TooManyMessages
+    │       ├── TooManyMessages
+    │       └── RequestTooLarge                 an HTTP request body over the server's limit
     ├── TypeMismatch                            sum/min/max on a stored non-KvU64 value
     ├── QueueNotFound
     ├── QueueExists
@@ -43,6 +46,11 @@ answers with (``exc.status``, ``exc.code``), from the one table
     ├── QueueFull                               the queue's backlog limit is reached
     ├── ListenerAlreadyRunning
     ├── DatabaseClosed
+    ├── Unauthenticated                         no valid bearer token (HTTP 401)
+    ├── Forbidden                               the token's account or scope does not allow it
+    ├── TokenNotFound
+    ├── RouteNotFound                           no such HTTP path
+    ├── MethodNotAllowed
     ├── CorruptValue                            stored bytes that cannot be decoded
     └── StorageError                            the storage failed (driver error inside)
         └── MissingDependency
@@ -240,6 +248,26 @@ class EmptyBatch(InvalidInput):
     """send_batch needs at least one message."""
 
 
+class InvalidAccount(InvalidInput):
+    """An account id is 1-64 letters, digits, underscores and dashes."""
+
+    def __init__(self, account: object) -> None:
+        super().__init__(
+            f"an account id is 1-64 letters, digits, underscores and dashes, got {account!r}"
+        )
+
+
+class MalformedRequest(InvalidInput):
+    """A request body is not valid JSON."""
+
+
+class RequestTooLarge(LimitExceeded):
+    """An HTTP request body is longer than the server accepts."""
+
+    unit = "bytes"
+    subject = "request body"
+
+
 class TypeMismatch(KvQueueError):
     """sum, min and max need the stored value to be a KvU64."""
 
@@ -307,6 +335,30 @@ class DatabaseClosed(KvQueueError):
     """The database is closed."""
 
 
+class Unauthenticated(KvQueueError):
+    """A request needs a valid bearer token: Authorization: Bearer <token>."""
+
+
+class Forbidden(KvQueueError):
+    """The token does not allow this: another account, a narrower scope, or another queue."""
+
+
+class TokenNotFound(KvQueueError):
+    """There is no token with that id."""
+
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        super().__init__(f"there is no token with id {token_id!r}")
+
+
+class RouteNotFound(KvQueueError):
+    """No API route has this path."""
+
+
+class MethodNotAllowed(KvQueueError):
+    """The route does not take this HTTP method."""
+
+
 class CorruptValue(KvQueueError):
     """Stored bytes could not be decoded as a value."""
 
@@ -339,6 +391,13 @@ ERROR_CODES: dict[type[KvQueueError], tuple[int, int]] = {
     QueuePaused: (409, 10252),  # QueueDisabled
     QueueFull: (429, 10251),  # QueueStorageLimitExceeded
     DatabaseClosed: (503, 15000),
+    MalformedRequest: (400, 10208),  # JSONRequestBodyMalformed
+    RequestTooLarge: (413, 10207),
+    Unauthenticated: (401, 10000),  # Cloudflare's "Authentication error"
+    Forbidden: (403, 10106),  # Unauthorized
+    TokenNotFound: (404, 10000),
+    RouteNotFound: (404, 7003),  # Cloudflare's "No route for the URI"
+    MethodNotAllowed: (405, 7001),
 }
 
 

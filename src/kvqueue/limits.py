@@ -83,3 +83,10 @@ DEFAULT_PULL_BATCH_SIZE = 5
 #: Pull consumer: how long a pulled message stays leased (at most 12 h, default 30 s).
 MAX_VISIBILITY_TIMEOUT_MS = 43_200_000
 DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000
+
+# --- Server (`kvqueue serve`) ---
+#: Longest HTTP request body the server reads (a full batch of JSON-escaped text fits).
+MAX_REQUEST_BYTES = 2_000_000
+#: Default address and port of `kvqueue serve`.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kvqueue import errors, limits, model
+from kvqueue.accounts import DEFAULT_ACCOUNT, check_account, split_name, stored_name
 from kvqueue.atomic import KV_QUEUE
 from kvqueue.consumers import (
     DEFAULT_PULL_CONSUMER,
@@ -71,10 +72,11 @@ class QueueInfo:
     consumer: Consumer | None
 
 
-def _info(record: model.QueueRecord) -> QueueInfo:
+def queue_info(record: model.QueueRecord) -> QueueInfo:
+    """The public view of a stored queue record."""
     s = record.settings
     return QueueInfo(
-        name=record.name,
+        name=split_name(record.name)[1],
         queue_id=record.queue_id,
         created_at=_datetime(record.created_at_ms),
         modified_at=_datetime(record.modified_at_ms),
@@ -157,6 +159,16 @@ class PeekedMessage(_DecodedOnRead):
     timestamp_ms: int
     attempts: int
 
+    @property
+    def ref(self) -> str:
+        """What :meth:`AsyncQueue.purge_messages` takes to delete this message."""
+        return self.id
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Cloudflare's message metadata."""
+        return {"CF-Content-Type": self.content_type}
+
 
 @dataclass(frozen=True, slots=True)
 class PulledMessage(_DecodedOnRead):
@@ -180,10 +192,15 @@ class PulledMessage(_DecodedOnRead):
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
-    """The messages of one pull and how many messages the queue holds."""
+    """The messages of one pull and the queue's metrics after it."""
 
     messages: list[PulledMessage]
-    backlog_count: int
+    metrics: QueueMetrics
+
+    @property
+    def backlog_count(self) -> int:
+        """Messages the queue holds that are not acked yet."""
+        return self.metrics.backlog_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,17 +228,26 @@ def _parse_lease_id(queue: str, lease_id: Any) -> model.LeasedMessage | None:
 
 
 class AsyncQueues:
-    """Queue management for an AsyncDatabase: ``db.queues``."""
+    """Queue management for one account of an AsyncDatabase: ``db.queues`` (the
+    default account) or ``db.queues_of(account)``."""
 
-    def __init__(self, database: AsyncDatabase) -> None:
+    def __init__(self, database: AsyncDatabase, account: str = DEFAULT_ACCOUNT) -> None:
         self._db = database
+        self.account = check_account(account)
+
+    def _stored(self, name: str) -> str:
+        return stored_name(self.account, check_name(name))
+
+    def queue(self, name: str) -> AsyncQueue:
+        """The queue ``name`` of this account, to send to and pull from."""
+        return AsyncQueue(self._db, name, self.account)
 
     @property
     def _storage(self) -> Any:
         return self._db.storage
 
     async def _record(self, name: str) -> model.QueueRecord:
-        records = await self._storage.queues([check_name(name)])
+        records = await self._storage.queues([self._stored(name)])
         if not records:
             raise errors.QueueNotFound(name)
         record: model.QueueRecord = records[0]
@@ -261,17 +287,18 @@ class AsyncQueues:
             max_backlog=max_backlog,
             max_backlog_bytes=max_backlog_bytes,
         )
-        await self._commit(model.CreateQueue(name, secrets.token_hex(16), settings))
+        await self._commit(model.CreateQueue(self._stored(name), secrets.token_hex(16), settings))
         return await self.get(name)
 
     async def list(self) -> list[QueueInfo]:
-        """Every named queue, by name."""
+        """Every named queue of this account, by name."""
         records = await self._storage.queues(None)
-        return [_info(r) for r in records if not r.name.startswith("~")]
+        infos = [queue_info(r) for r in records if split_name(r.name)[0] == self.account]
+        return [i for i in infos if not i.name.startswith("~")]
 
     async def get(self, name: str) -> QueueInfo:
         """One queue; raises QueueNotFound."""
-        return _info(await self._record(name))
+        return queue_info(await self._record(name))
 
     async def update(
         self,
@@ -295,7 +322,7 @@ class AsyncQueues:
                 max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes,
             )
-            if await self._commit(model.UpdateQueue(name, wanted, current)):
+            if await self._commit(model.UpdateQueue(self._stored(name), wanted, current)):
                 return await self.get(name)
         raise errors.StorageError(f"queue {name!r} kept changing; its update was not applied")
 
@@ -314,27 +341,25 @@ class AsyncQueues:
         flight find nothing and are ignored. A consumer whose dead-letter queue
         it was creates it again when it next dead-letters a message.
         """
-        check_name(name)
-        await self._commit(model.DeleteQueue(name))
+        await self._commit(model.DeleteQueue(self._stored(name)))
 
     async def purge(self, name: str) -> None:
         """Delete every message of a queue, delayed and in-flight ones too."""
-        await self._commit(model.PurgeQueue(check_name(name)))
+        await self._commit(model.PurgeQueue(self._stored(name)))
 
     async def metrics(self, name: str) -> QueueMetrics:
         """Backlog count and bytes, oldest message, in-flight, retried and dead-lettered.
 
         Also answers for the KV queue, ``kvqueue.KV_QUEUE``.
         """
-        if name != KV_QUEUE:
-            check_name(name)
-        return _metrics(await self._storage.stats(name))
+        stored = stored_name(self.account, KV_QUEUE) if name == KV_QUEUE else self._stored(name)
+        return _metrics(await self._storage.stats(stored))
 
     async def peek(self, name: str, n: int = 5) -> builtins.list[PeekedMessage]:
         """Up to ``n`` messages in delivery order, without leasing them."""
         n = whole_number("n", n, 1, limits.MAX_PULL_BATCH_SIZE)
         await self._record(name)
-        stored = await self._storage.peek(name, limit=n)
+        stored = await self._storage.peek(self._stored(name), limit=n)
         return [
             PeekedMessage(
                 m.message_id,
@@ -434,7 +459,7 @@ class AsyncQueues:
             if wanted == existing:
                 return existing
             stored = None if wanted is None else dump_consumer(wanted)
-            if await self._commit(model.SetConsumer(name, stored, record.consumer)):
+            if await self._commit(model.SetConsumer(record.name, stored, record.consumer)):
                 return wanted
         raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not {what}")
 
@@ -475,16 +500,19 @@ def _settings(current: model.QueueSettings, **given: Any) -> model.QueueSettings
 class AsyncQueue:
     """One named queue of an AsyncDatabase: ``db.queue(name)``."""
 
-    def __init__(self, database: AsyncDatabase, name: str) -> None:
+    def __init__(self, database: AsyncDatabase, name: str, account: str = DEFAULT_ACCOUNT) -> None:
         self._db = database
         self.name = check_name(name)
+        self.account = check_account(account)
+        #: The name this queue is stored under (see :mod:`kvqueue.accounts`).
+        self.stored_name = stored_name(self.account, name)
 
     def __repr__(self) -> str:
         return f"<AsyncQueue {self.name!r}>"
 
     async def _sent(self, enqueues: Sequence[model.Enqueue]) -> SendResult:
         await self._db.commit_write(model.AtomicWrite(enqueues=tuple(enqueues)))
-        metrics = _metrics(await self._db.storage.stats(self.name))
+        metrics = _metrics(await self._db.storage.stats(self.stored_name))
         return SendResult(tuple(e.message_id for e in enqueues), metrics)
 
     async def send(
@@ -501,7 +529,7 @@ class AsyncQueue:
         Raises:
             InvalidMessage, MessageTooLarge, InvalidDelay, QueueNotFound, QueueFull.
         """
-        return await self._sent([build_send(self.name, body, content_type, delay_seconds)])
+        return await self._sent([build_send(self.stored_name, body, content_type, delay_seconds)])
 
     async def send_batch(
         self,
@@ -518,14 +546,17 @@ class AsyncQueue:
             EmptyBatch, TooManyMessages, BatchTooLarge, InvalidBatchDelay, and
             the errors of :meth:`send`.
         """
-        return await self._sent(build_batch(self.name, messages, delay_seconds))
+        return await self._sent(build_batch(self.stored_name, messages, delay_seconds))
 
     async def metrics(self) -> QueueMetrics:
         """This queue's metrics (see :meth:`AsyncQueues.metrics`)."""
-        return _metrics(await self._db.storage.stats(self.name))
+        return _metrics(await self._db.storage.stats(self.stored_name))
 
     async def _pull_consumer(self) -> Consumer:
-        record = await self._db.queues._record(self.name)
+        records = await self._db.storage.queues([self.stored_name])
+        if not records:
+            raise errors.QueueNotFound(self.name)
+        record = records[0]
         if record.settings.paused:
             raise errors.QueuePaused(self.name)
         consumer = load_consumer(record.consumer)
@@ -565,7 +596,7 @@ class AsyncQueue:
         storage = self._db.storage
         policy = RetryPolicy(consumer)
         leased = await storage.lease(
-            self.name, lease=secrets.token_hex(8), limit=size, lease_ms=timeout
+            self.stored_name, lease=secrets.token_hex(8), limit=size, lease_ms=timeout
         )
         pulled: list[PulledMessage] = []
         for message in leased:
@@ -583,8 +614,7 @@ class AsyncQueue:
                     _lease_id(message),
                 )
             )
-        stats = await storage.stats(self.name)
-        return PullResult(pulled, stats.backlog_count)
+        return PullResult(pulled, _metrics(await storage.stats(self.stored_name)))
 
     async def ack(
         self,
@@ -598,7 +628,7 @@ class AsyncQueue:
         matches nothing (malformed, already acked, or retried under a newer
         lease) is reported in ``warnings`` and changes nothing.
         """
-        records = await self._db.storage.queues([self.name])
+        records = await self._db.storage.queues([self.stored_name])
         # A deleted queue still answers: its messages are gone, so every id warns.
         consumer = (load_consumer(records[0].consumer) if records else None) or (
             DEFAULT_PULL_CONSUMER
@@ -608,15 +638,17 @@ class AsyncQueue:
         kinds: list[tuple[str, str]] = []
         writes: list[model.AtomicWrite] = []
         for lease_id in acks:
-            held = _parse_lease_id(self.name, lease_id)
+            held = _parse_lease_id(self.stored_name, lease_id)
             if held is None:
                 warnings[str(lease_id)] = "unknown lease id"
                 continue
             kinds.append(("ack", lease_id))
-            writes.append(model.AtomicWrite(settlements=(model.Ack(self.name, held.message_id),)))
+            writes.append(
+                model.AtomicWrite(settlements=(model.Ack(self.stored_name, held.message_id),))
+            )
         for item in retries:
             lease_id, delay = item if isinstance(item, tuple) else (item, None)
-            held = _parse_lease_id(self.name, lease_id)
+            held = _parse_lease_id(self.stored_name, lease_id)
             if held is None:
                 warnings[str(lease_id)] = "unknown lease id"
                 continue
@@ -637,3 +669,21 @@ class AsyncQueue:
                         " or leased again"
                     )
         return AckResult(counts["ack"], counts["retry"], warnings)
+
+    async def purge_messages(self, refs: Iterable[str]) -> dict[str, str]:
+        """Delete exactly the messages whose ``ref`` (from a peek) is given, leased
+        or not. Returns a warning for each ref that matched no message."""
+        wanted = list(dict.fromkeys(refs))
+        for ref in wanted:
+            if not isinstance(ref, str) or not ref:
+                raise errors.InvalidInput(f"a message ref is a non-empty string, got {ref!r}")
+        if not wanted:
+            return {}
+        acks = tuple(model.Ack(self.stored_name, ref) for ref in wanted)
+        committed = await self._db.storage.commit(model.AtomicWrite(settlements=acks))
+        settled = committed.settled if committed is not None else (False,) * len(acks)
+        return {
+            ref: "no such message: it was already acked, purged or deleted"
+            for ref, found in zip(wanted, settled, strict=True)
+            if not found
+        }

@@ -24,6 +24,7 @@ from kvqueue.delivery import in_handler
 from kvqueue.keys import Key
 from kvqueue.listing import ListIterator
 from kvqueue.queues import AsyncQueue, AsyncQueues
+from kvqueue.tokens import AsyncTokens
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -110,6 +111,11 @@ class Queues(_Facade):
     def __init__(self, portal: _Portal, queues: AsyncQueues) -> None:
         self._portal = portal
         self._async = queues
+        self.account = queues.account
+
+    def queue(self, name: str) -> Queue:
+        """The queue ``name`` of this account, to send to and pull from."""
+        return Queue(self._portal, self._async.queue(name))
 
     create = _blocking(AsyncQueues.create)
     list = _blocking(AsyncQueues.list)
@@ -143,6 +149,20 @@ class Queue(_Facade):
     metrics = _blocking(AsyncQueue.metrics)
     pull = _blocking(AsyncQueue.pull)
     ack = _blocking(AsyncQueue.ack)
+    purge_messages = _blocking(AsyncQueue.purge_messages)
+
+
+class Tokens(_Facade):
+    """The server's bearer tokens: ``db.tokens`` (the methods of :class:`AsyncTokens`)."""
+
+    def __init__(self, portal: _Portal, tokens: AsyncTokens) -> None:
+        self._portal = portal
+        self._async = tokens
+
+    create = _blocking(AsyncTokens.create)
+    list = _blocking(AsyncTokens.list)
+    revoke = _blocking(AsyncTokens.revoke)
+    authenticate = _blocking(AsyncTokens.authenticate)
 
 
 class Database(_Facade):
@@ -152,6 +172,7 @@ class Database(_Facade):
         self._portal = portal
         self._async: AsyncDatabase = database
         self._queues = Queues(portal, database.queues)
+        self._tokens = Tokens(portal, database.tokens)
         database.on_closed(portal.stop)
 
     @property
@@ -163,6 +184,16 @@ class Database(_Facade):
     def queue(self, name: str) -> Queue:
         """The named queue ``name``, to send to and pull from (it must be created first)."""
         return Queue(self._portal, self._async.queue(name))
+
+    @property
+    def tokens(self) -> Tokens:
+        """The server's bearer tokens: create, list, revoke."""
+        self._async._ensure_open()
+        return self._tokens
+
+    def queues_of(self, account: str) -> Queues:
+        """The named queues of one account; ``db.queues`` is the default account's."""
+        return Queues(self._portal, self._async.queues_of(account))
 
     get = _blocking(AsyncDatabase.get)
     get_many = _blocking(AsyncDatabase.get_many)

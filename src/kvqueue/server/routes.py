@@ -1,0 +1,315 @@
+"""The Cloudflare Queues REST API, route by route: decode, call the public API, encode.
+
+Paths and shapes follow Cloudflare's API (see ``docs/http-api.md``). Each
+handler checks the token's scope for what it does: reading needs any scope,
+sending ``produce``, pulling and acking ``consume``, everything else ``admin``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from kvqueue import errors, limits, model
+from kvqueue.accounts import split_name
+from kvqueue.consumers import DEFAULT_PULL_CONSUMER, load_consumer
+from kvqueue.messages import MessageSendRequest
+from kvqueue.queues import QueueInfo, queue_info
+from kvqueue.server import cloudflare
+from kvqueue.server.app import Call, Endpoint, json_response
+from kvqueue.server.cloudflare import field, items, number
+
+_MAX_PER_PAGE = 1000
+_DEFAULT_PER_PAGE = 100
+
+
+def _whole(body: dict[str, Any], name: str) -> int | None:
+    """An optional whole-number field; 10.0 counts as 10 (the SDK types these as floats)."""
+    value = number(body, name)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise errors.InvalidOption(f"{name} is a whole number, got {value!r}")
+        return int(value)
+    return value
+
+
+def _query_int(call: Call, name: str, default: int, high: int) -> int:
+    raw = call.request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise errors.InvalidOption(f"{name} is a whole number in 1 .. {high:,}, got {raw!r}")
+    return int(raw)
+
+
+# --- queues ---------------------------------------------------------------------------
+
+
+async def list_queues(call: Call) -> Response:
+    wanted = call.request.query_params.getlist("name")
+    page = _query_int(call, "page", 1, 2**31)
+    per_page = _query_int(call, "per_page", _DEFAULT_PER_PAGE, _MAX_PER_PAGE)
+    infos = [i for i in await call.queues.list() if call.token.allows(None, i.name)]
+    if wanted:
+        infos = [i for i in infos if i.name in wanted]
+    shown = infos[(page - 1) * per_page : page * per_page]
+    result_info = {
+        "page": page,
+        "per_page": per_page,
+        "count": len(shown),
+        "total_count": len(infos),
+        "total_pages": max(1, -(-len(infos) // per_page)),
+    }
+    body = cloudflare.envelope([cloudflare.queue_json(i) for i in shown], result_info=result_info)
+    return json_response(body)
+
+
+async def create_queue(call: Call) -> Any:
+    call.require("admin")
+    name = field(call.body, "queue_name", str)
+    if name is None:
+        raise errors.InvalidInput("queue_name is required")
+    settings = cloudflare.queue_settings(call.body)
+    paused = settings.pop("delivery_paused", False)
+    info = await call.queues.create(name, **settings)
+    if paused:
+        info = await call.queues.pause(name)
+    return cloudflare.queue_json(info)
+
+
+async def _info_of(call: Call, scope: Any = None) -> QueueInfo:
+    return queue_info(await call.queue(scope))
+
+
+async def get_queue(call: Call) -> Any:
+    return cloudflare.queue_json(await _info_of(call))
+
+
+async def _change_queue(call: Call, *, replace: bool) -> Any:
+    info = await _info_of(call, "admin")
+    renamed = field(call.body, "queue_name", str)
+    if renamed is not None and renamed != info.name:
+        raise errors.InvalidInput(
+            f"queues cannot be renamed (queue_name {renamed!r} differs from {info.name!r})"
+        )
+    settings = cloudflare.queue_settings(call.body)
+    if replace:
+        # A replace resets what it leaves out; pausing is a state, not a setting, and stays.
+        settings.setdefault("delivery_delay", 0)
+        settings.setdefault("message_retention_period", limits.DEFAULT_RETENTION_SECONDS)
+    return cloudflare.queue_json(await call.queues.update(info.name, **settings))
+
+
+async def replace_queue(call: Call) -> Any:
+    return await _change_queue(call, replace=True)
+
+
+async def edit_queue(call: Call) -> Any:
+    return await _change_queue(call, replace=False)
+
+
+async def delete_queue(call: Call) -> Any:
+    await call.queues.delete(await call.queue_name("admin"))
+    return None
+
+
+async def queue_metrics(call: Call) -> Any:
+    return cloudflare.metrics_json(await call.queues.metrics(await call.queue_name(None)))
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+async def start_purge(call: Call) -> Any:
+    record = await call.queue("admin")
+    if field(call.body, "delete_messages_permanently", bool) is not True:
+        raise errors.InvalidInput(
+            "a purge deletes every message for good: send delete_messages_permanently: true"
+        )
+    started = call.database.clock.now_ms()
+    name = split_name(record.name)[1]
+    await call.queues.purge(name)
+    mark = model.Mutation(
+        model.MutationKind.SET, _purge_key(record.queue_id), orjson.dumps({"started_at": started})
+    )
+    await call.database.commit_write(model.AtomicWrite(mutations=(mark,)))
+    return cloudflare.queue_json(await call.queues.get(name))
+
+
+async def purge_status(call: Call) -> Any:
+    record = await call.queue(None)
+    key = _purge_key(record.queue_id)
+    (found,) = await call.database.storage.read([model.ReadRange(key, key + b"\x00", 1)])
+    if not found:
+        return {"started_at": None, "completed": None, "complete": False}
+    started = orjson.loads(found[0].value)["started_at"]
+    moment = datetime.fromtimestamp(started / 1000, UTC)
+    # A purge here is one transaction: it has completed by the time anyone can ask.
+    return {"started_at": cloudflare.timestamp(moment), "completed": "true", "complete": True}
+
+
+def _purge_key(queue_id: str) -> bytes:
+    """Where the time of a queue's last purge is kept (a reserved 0xFF key)."""
+    return b"\xffkvqueue\x00purge\x00" + queue_id.encode("ascii")
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+def _send_metrics(metrics: Any) -> dict[str, Any]:
+    return {"metadata": {"metrics": cloudflare.metrics_json(metrics)}}
+
+
+def _content_type(body: dict[str, Any]) -> str:
+    content_type = field(body, "content_type", str, "json")
+    if content_type not in ("json", "text"):
+        raise errors.InvalidMessage(
+            f'the REST API sends content type "json" or "text", got {content_type!r}'
+        )
+    return str(content_type)
+
+
+async def push(call: Call) -> Any:
+    name = await call.queue_name("produce")
+    if "body" not in call.body or call.body["body"] is None:
+        raise errors.InvalidMessage("a message needs a body")
+    sent = await call.queues.queue(name).send(
+        call.body["body"],
+        content_type=_content_type(call.body),
+        delay_seconds=number(call.body, "delay_seconds"),
+    )
+    return _send_metrics(sent.metrics)
+
+
+async def push_batch(call: Call) -> Any:
+    name = await call.queue_name("produce")
+    if "messages" not in call.body:
+        raise errors.EmptyBatch("a batch needs messages: [{body, content_type?, delay_seconds?}]")
+    requests = []
+    for message in items(call.body, "messages"):
+        if message.get("body") is None:
+            raise errors.InvalidMessage("each message of a batch needs a body")
+        requests.append(
+            MessageSendRequest(
+                message["body"], _content_type(message), number(message, "delay_seconds")
+            )
+        )
+    sent = await call.queues.queue(name).send_batch(
+        requests, delay_seconds=number(call.body, "delay_seconds")
+    )
+    return _send_metrics(sent.metrics)
+
+
+async def pull(call: Call) -> Any:
+    record = await call.queue("consume")
+    consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+    pulled = await call.queues.queue(split_name(record.name)[1]).pull(
+        _whole(call.body, "batch_size"), _whole(call.body, "visibility_timeout_ms")
+    )
+    return {
+        "message_backlog_count": pulled.backlog_count,
+        "messages": [cloudflare.pulled_json(m, consumer.body_encoding) for m in pulled.messages],
+        "metadata": {"metrics": cloudflare.metrics_json(pulled.metrics)},
+    }
+
+
+async def ack(call: Call) -> Any:
+    name = await call.queue_name("consume")
+    retries: list[tuple[str, float | None]] = []
+    for item in items(call.body, "retries"):
+        retries.append((field(item, "lease_id", str, ""), number(item, "delay_seconds")))
+    acked = await call.queues.queue(name).ack(cloudflare.lease_ids(call.body, "acks"), retries)
+    return {
+        "ackCount": acked.ack_count,
+        "retryCount": acked.retry_count,
+        "warnings": acked.warnings,
+    }
+
+
+async def peek(call: Call) -> Any:
+    record = await call.queue("consume")
+    consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+    size = _whole(call.body, "batch_size") or limits.DEFAULT_PULL_BATCH_SIZE
+    peeked = await call.queues.peek(split_name(record.name)[1], size)
+    return {"messages": [cloudflare.peeked_json(m, consumer.body_encoding) for m in peeked]}
+
+
+async def purge_messages(call: Call) -> Any:
+    name = await call.queue_name("admin")
+    refs = [field(item, "ref", str, "") for item in items(call.body, "refs")]
+    if not refs:
+        raise errors.InvalidInput("refs needs at least one {ref} from a peek")
+    warnings = await call.queues.queue(name).purge_messages(refs)
+    return {"errors": [], "warnings": warnings}
+
+
+# --- consumers ----------------------------------------------------------------------------
+
+
+def _consumers(info: QueueInfo) -> list[dict[str, Any]]:
+    return [] if info.consumer is None else [cloudflare.consumer_json(info.consumer, info)]
+
+
+async def list_consumers(call: Call) -> Any:
+    return _consumers(await _info_of(call))
+
+
+async def _consumer_of(call: Call, scope: Any) -> QueueInfo:
+    info = await _info_of(call, scope)
+    if info.consumer is None or info.consumer.consumer_id != call.param("consumer_id"):
+        raise errors.ConsumerNotFound(info.name)
+    return info
+
+
+async def get_consumer(call: Call) -> Any:
+    info = await _consumer_of(call, None)
+    return _consumers(info)[0]
+
+
+async def create_consumer(call: Call) -> Any:
+    info = await _info_of(call, "admin")
+    kind, settings = cloudflare.consumer_settings(call.body)
+    await call.queues.add_consumer(info.name, kind, **settings)
+    return _consumers(await call.queues.get(info.name))[0]
+
+
+async def update_consumer(call: Call) -> Any:
+    info = await _info_of(call, "admin")
+    if info.consumer is not None and info.consumer.consumer_id != call.param("consumer_id"):
+        raise errors.ConsumerNotFound(info.name)
+    kind, settings = cloudflare.consumer_settings(call.body)
+    await call.queues.update_consumer(info.name, kind, **settings)
+    return _consumers(await call.queues.get(info.name))[0]
+
+
+async def delete_consumer(call: Call) -> Any:
+    info = await _consumer_of(call, "admin")
+    await call.queues.remove_consumer(info.name)
+    return None
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/queues", list_queues),
+    Endpoint("POST", "/queues", create_queue),
+    Endpoint("GET", "/queues/{queue_id}", get_queue),
+    Endpoint("PUT", "/queues/{queue_id}", replace_queue),
+    Endpoint("PATCH", "/queues/{queue_id}", edit_queue),
+    Endpoint("DELETE", "/queues/{queue_id}", delete_queue),
+    Endpoint("GET", "/queues/{queue_id}/metrics", queue_metrics),
+    Endpoint("POST", "/queues/{queue_id}/purge", start_purge),
+    Endpoint("GET", "/queues/{queue_id}/purge", purge_status),
+    Endpoint("POST", "/queues/{queue_id}/messages", push),
+    Endpoint("POST", "/queues/{queue_id}/messages/batch", push_batch),
+    Endpoint("POST", "/queues/{queue_id}/messages/pull", pull),
+    Endpoint("POST", "/queues/{queue_id}/messages/ack", ack),
+    Endpoint("POST", "/queues/{queue_id}/messages/peek", peek),
+    Endpoint("POST", "/queues/{queue_id}/messages/purge", purge_messages),
+    Endpoint("GET", "/queues/{queue_id}/consumers", list_consumers),
+    Endpoint("POST", "/queues/{queue_id}/consumers", create_consumer),
+    Endpoint("GET", "/queues/{queue_id}/consumers/{consumer_id}", get_consumer),
+    Endpoint("PUT", "/queues/{queue_id}/consumers/{consumer_id}", update_consumer),
+    Endpoint("DELETE", "/queues/{queue_id}/consumers/{consumer_id}", delete_consumer),
+)
