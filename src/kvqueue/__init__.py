@@ -15,6 +15,7 @@ consumers, retries, dead-letter queues) on SQLite, embedded, with zero set-up::
 
 from __future__ import annotations
 
+from kvqueue.accounts import DEFAULT_ACCOUNT
 from kvqueue.atomic import KV_QUEUE, AsyncAtomicOperation, AtomicCheck, AtomicOperation
 from kvqueue.batch import Message, MessageBatch
 from kvqueue.clock import Clock, FakeClock, SystemClock
@@ -28,6 +29,8 @@ from kvqueue.errors import (
     CorruptValue,
     DatabaseClosed,
     EmptyBatch,
+    Forbidden,
+    InvalidAccount,
     InvalidBackoffSchedule,
     InvalidBatchDelay,
     InvalidDelay,
@@ -41,20 +44,26 @@ from kvqueue.errors import (
     KvQueueError,
     LimitExceeded,
     ListenerAlreadyRunning,
+    MalformedRequest,
     MessageTooLarge,
+    MethodNotAllowed,
     MissingDependency,
     PayloadTooLarge,
     QueueExists,
     QueueFull,
     QueueNotFound,
     QueuePaused,
+    RequestTooLarge,
+    RouteNotFound,
     StorageError,
+    TokenNotFound,
     TooManyChecks,
     TooManyMessages,
     TooManyMutations,
     TooManyUndeliveredKeys,
     TooManyWatchedKeys,
     TypeMismatch,
+    Unauthenticated,
     ValueTooLarge,
 )
 from kvqueue.listing import AsyncListIterator, ListIterator
@@ -71,7 +80,8 @@ from kvqueue.queues import (
     QueueMetrics,
     SendResult,
 )
-from kvqueue.sync import Database, Queue, Queues, open
+from kvqueue.sync import Database, Queue, Queues, Tokens, open
+from kvqueue.tokens import AsyncTokens, Token
 from kvqueue.worker import Worker
 
 __version__ = "0.1.0"
@@ -110,6 +120,11 @@ __all__ = [
     "Worker",
     "MessageBatch",
     "Message",
+    # server accounts and tokens
+    "DEFAULT_ACCOUNT",
+    "Tokens",
+    "AsyncTokens",
+    "Token",
     # time
     "Clock",
     "SystemClock",
@@ -150,5 +165,13 @@ __all__ = [
     "CorruptValue",
     "StorageError",
     "MissingDependency",
+    "InvalidAccount",
+    "MalformedRequest",
+    "RequestTooLarge",
+    "Unauthenticated",
+    "Forbidden",
+    "TokenNotFound",
+    "RouteNotFound",
+    "MethodNotAllowed",
     "__version__",
 ]

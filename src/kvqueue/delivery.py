@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvqueue import errors, model
+from kvqueue.clock import Clock
 from kvqueue.storage.base import Storage
 from kvqueue.waiting import first_of
 
@@ -74,42 +75,173 @@ class Decision:
     delay_ms: int | None = None
 
 
+class Source(Protocol):
+    """Where an engine takes one queue's messages from and settles them: the
+    storage itself (:class:`StorageSource`), or a server (:mod:`kvqueue.remote`)."""
+
+    #: Times the batch timeout; lease deadlines are the source's own business.
+    clock: Clock
+
+    async def lease(self, lease: str, limit: int) -> list[model.LeasedMessage]:
+        """Up to ``limit`` deliverable messages under ``lease`` (the same lease may be
+        asked for more); messages out of tries are dead-lettered, not returned."""
+        ...
+
+    async def extend(self, held: Sequence[model.LeasedMessage]) -> set[str]:
+        """Renew the leases of ``held``; the ids of the messages still held."""
+        ...
+
+    async def settle(self, decisions: Sequence[Decision]) -> None:
+        """Apply the decisions (retry as the queue's policy says); never raises: a
+        decision that could not be applied is logged, and its lease runs out."""
+        ...
+
+    async def wait(self, *, timeout_ms: int, after_ms: int | None) -> None:
+        """Return when a message may be deliverable (see ``Storage.wait``)."""
+        ...
+
+    async def wait_for_change(self, *, timeout_ms: int) -> None:
+        """Return when anything may have changed (the gate may open)."""
+        ...
+
+
 #: Runs one batch; calls ``decide`` once per message, at any time before it returns.
 Deliver = Callable[[list[model.LeasedMessage], Callable[[Decision], None]], Awaitable[None]]
 #: Says whether the queue may be consumed now (False: it is paused or gone).
 Gate = Callable[[], Awaitable[bool]]
 
 
-class Engine:
-    """Consumes one queue with one ``deliver`` callable until stopped."""
+class StorageSource:
+    """A queue of a storage, retried by ``policy``: the source of every local consumer.
+
+    With ``max_leases``, no lease is granted while that many other leases hold
+    messages of the queue, across every process sharing the storage.
+    """
 
     def __init__(
         self,
         storage: Storage,
         queue: str,
-        deliver: Deliver,
         policy: Policy,
+        *,
+        lease_ms: int,
+        max_leases: int | None = None,
+    ) -> None:
+        self.clock = storage.clock
+        self._storage = storage
+        self._queue = queue
+        self._policy = policy
+        self._lease_ms = lease_ms
+        self._max_leases = max_leases
+
+    async def lease(self, lease: str, limit: int) -> list[model.LeasedMessage]:
+        """See :meth:`Source.lease`."""
+        leased = await self._storage.lease(
+            self._queue,
+            lease=lease,
+            limit=limit,
+            lease_ms=self._lease_ms,
+            max_leases=self._max_leases,
+        )
+        usable: list[model.LeasedMessage] = []
+        for message in leased:
+            write = self._policy.exhausted(message)
+            if write is None:
+                usable.append(message)
+            else:
+                await self._commit_alone(message, write, "dead-lettered")
+        return usable
+
+    async def extend(self, held: Sequence[model.LeasedMessage]) -> set[str]:
+        """See :meth:`Source.extend`."""
+        checks = [model.LeaseCheck(m.message_id, m.lease) for m in held]
+        return await self._storage.extend(checks, lease_ms=self._lease_ms)
+
+    async def wait(self, *, timeout_ms: int, after_ms: int | None) -> None:
+        """See :meth:`Source.wait`."""
+        await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms)
+
+    async def wait_for_change(self, *, timeout_ms: int) -> None:
+        """See :meth:`Source.wait_for_change`."""
+        await self._storage.wait(None, timeout_ms=timeout_ms)
+
+    async def settle(self, decisions: Sequence[Decision]) -> None:
+        """See :meth:`Source.settle`: writes that need no lease check share one commit."""
+        together: list[tuple[Decision, model.AtomicWrite, str]] = []
+        for decision in decisions:
+            message = decision.message
+            if decision.retry:
+                write, outcome = self._policy.retry(message, decision.delay_ms)
+            else:
+                write, outcome = (
+                    model.AtomicWrite(settlements=(model.Ack(message.queue, message.message_id),)),
+                    "acked",
+                )
+            if write.lease_checks or write.checks:
+                await self._commit_alone(message, write, outcome)
+            else:
+                together.append((decision, write, outcome))
+        if not together:
+            return
+        try:
+            await self._storage.commit(model.merge([w for _, w, _ in together]))
+        except errors.KvQueueError:
+            # The leases will run out and the messages will be delivered again.
+            logger.exception("could not settle %d messages of %r", len(together), self._queue)
+            return
+        for decision, _, outcome in together:
+            logger.debug("message %s %s", decision.message.message_id, outcome)
+
+    async def _commit_alone(
+        self, message: model.LeasedMessage, write: model.AtomicWrite, outcome: str
+    ) -> None:
+        try:
+            committed = await self._storage.commit(write)
+        except errors.KvQueueError:
+            logger.exception("could not settle message %s", message.message_id)
+            return
+        if committed is None:
+            logger.warning(
+                "message %s was not %s: its lease ran out and it was taken again",
+                message.message_id,
+                outcome,
+            )
+            return
+        logger.debug("message %s %s", message.message_id, outcome)
+
+
+class Engine:
+    """Consumes one queue with one ``deliver`` callable until stopped.
+
+    ``bounded`` says the source bounds leases across processes (``max_leases``):
+    then each batch is leased on its own.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        queue: str,
+        deliver: Deliver,
         *,
         batch_size: int,
         batch_timeout_ms: int,
         concurrency: int,
         lease_ms: int,
         autoscale: bool = True,
-        max_leases: int | None = None,
+        bounded: bool = False,
         gate: Gate | None = None,
     ) -> None:
         if concurrency < 1:
             raise errors.InvalidOption(f"concurrency is at least 1, got {concurrency}")
-        self._storage = storage
+        self._source = source
         self._queue = queue
         self._deliver = deliver
-        self._policy = policy
         self._batch_size = batch_size
         self._batch_timeout_ms = batch_timeout_ms
         self._cap = concurrency
         self._target = 1 if autoscale else concurrency
         self._autoscale = autoscale
-        self._max_leases = max_leases
+        self._bounded = bounded
         self._gate = gate
         self._lease_ms = lease_ms
         self._loop = asyncio.get_running_loop()
@@ -146,7 +278,8 @@ class Engine:
                 if self._gate is not None and not await self._gate():
                     # Paused, gone, or no longer ours: any commit may change that.
                     await first_of(
-                        self._storage.wait(None, timeout_ms=_IDLE_RECHECK_MS), self._stop.wait()
+                        self._source.wait_for_change(timeout_ms=_IDLE_RECHECK_MS),
+                        self._stop.wait(),
                     )
                     continue
                 await self._take_batches()
@@ -159,26 +292,14 @@ class Engine:
 
     async def _idle(self, after_ms: int) -> None:
         await first_of(
-            self._storage.wait(self._queue, timeout_ms=_IDLE_RECHECK_MS, after_ms=after_ms),
+            self._source.wait(timeout_ms=_IDLE_RECHECK_MS, after_ms=after_ms),
             self._stop.wait(),
         )
 
     async def _lease(self, token: str, limit: int) -> list[model.LeasedMessage]:
-        leased = await self._storage.lease(
-            self._queue,
-            lease=token,
-            limit=limit,
-            lease_ms=self._lease_ms,
-            max_leases=self._max_leases,
-        )
-        usable: list[model.LeasedMessage] = []
-        for message in leased:
-            write = self._policy.exhausted(message)
-            if write is None:
-                self._held[message.message_id] = message
-                usable.append(message)
-            else:
-                await self._commit_alone(message, write, "dead-lettered")
+        usable = await self._source.lease(token, limit)
+        for message in usable:
+            self._held[message.message_id] = message
         if usable:
             self._busy.set()
         return usable
@@ -187,9 +308,9 @@ class Engine:
         size = self._batch_size
         free = min(self._target, self._cap) - len(self._batches)
         # A cross-process bound counts leases, so each batch needs a lease of its own.
-        want = size if self._max_leases is not None else size * free
+        want = size if self._bounded else size * free
         token = secrets.token_hex(8)
-        leased_at = self._storage.clock.now_ms()
+        leased_at = self._source.clock.now_ms()
         leased = await self._lease(token, want)
         if not leased:
             # Whatever was visible then was refused (the concurrency bound): wait for news.
@@ -207,7 +328,7 @@ class Engine:
         self, token: str, batch: list[model.LeasedMessage]
     ) -> list[model.LeasedMessage]:
         """Top ``batch`` up to a full batch until its timeout runs out."""
-        clock = self._storage.clock
+        clock = self._source.clock
         looked_at = clock.now_ms()
         deadline = looked_at + self._batch_timeout_ms
         while len(batch) < self._batch_size and not self._stop.is_set():
@@ -215,7 +336,7 @@ class Engine:
             if remaining <= 0:
                 break
             await first_of(
-                self._storage.wait(self._queue, timeout_ms=remaining, after_ms=looked_at),
+                self._source.wait(timeout_ms=remaining, after_ms=looked_at),
                 clock.sleep(remaining / 1000),
                 self._stop.wait(),
             )
@@ -293,50 +414,9 @@ class Engine:
             self._flushing = None
 
     async def _settle(self, decisions: Sequence[Decision]) -> None:
-        together: list[tuple[Decision, model.AtomicWrite, str]] = []
+        await self._source.settle(decisions)
         for decision in decisions:
-            message = decision.message
-            if decision.retry:
-                write, outcome = self._policy.retry(message, decision.delay_ms)
-            else:
-                write, outcome = (
-                    model.AtomicWrite(settlements=(model.Ack(message.queue, message.message_id),)),
-                    "acked",
-                )
-            if write.lease_checks or write.checks:
-                await self._commit_alone(message, write, outcome)
-                self._resolve(message)
-            else:
-                together.append((decision, write, outcome))
-        if not together:
-            return
-        try:
-            committed = await self._storage.commit(model.merge([w for _, w, _ in together]))
-        except errors.KvQueueError:
-            # The leases will run out and the messages will be delivered again.
-            logger.exception("could not settle %d messages of %r", len(together), self._queue)
-            committed = None
-        for decision, _, outcome in together:
-            if committed is not None:
-                logger.debug("message %s %s", decision.message.message_id, outcome)
             self._resolve(decision.message)
-
-    async def _commit_alone(
-        self, message: model.LeasedMessage, write: model.AtomicWrite, outcome: str
-    ) -> None:
-        try:
-            committed = await self._storage.commit(write)
-        except errors.KvQueueError:
-            logger.exception("could not settle message %s", message.message_id)
-            return
-        if committed is None:
-            logger.warning(
-                "message %s was not %s: its lease ran out and it was taken again",
-                message.message_id,
-                outcome,
-            )
-            return
-        logger.debug("message %s %s", message.message_id, outcome)
 
     def _resolve(self, message: model.LeasedMessage) -> None:
         self._held.pop(message.message_id, None)
@@ -353,12 +433,12 @@ class Engine:
             if not self._held:
                 self._busy.clear()
                 await self._busy.wait()
-            await self._storage.clock.sleep(interval)
-            held = [model.LeaseCheck(m.message_id, m.lease) for m in self._held.values()]
+            await self._source.clock.sleep(interval)
+            held = list(self._held.values())
             if not held:
                 continue
             try:
-                kept = await self._storage.extend(held, lease_ms=self._lease_ms)
+                kept = await self._source.extend(held)
             except errors.KvQueueError:
                 logger.exception("could not renew leases")
                 continue

@@ -272,12 +272,18 @@ class TypeMismatch(KvQueueError):
     """sum, min and max need the stored value to be a KvU64."""
 
 
+def _shown(queue: str) -> str:
+    # A stored name may carry its account ("acme/jobs", see kvqueue.accounts);
+    # the account is not part of the name its owner knows.
+    return queue.rpartition("/")[2]
+
+
 class QueueNotFound(KvQueueError):
     """There is no queue by that name."""
 
     def __init__(self, queue: str) -> None:
         self.queue = queue
-        super().__init__(f"there is no queue named {queue!r}")
+        super().__init__(f"there is no queue named {_shown(queue)!r}")
 
 
 class QueueExists(KvQueueError):
@@ -285,7 +291,7 @@ class QueueExists(KvQueueError):
 
     def __init__(self, queue: str) -> None:
         self.queue = queue
-        super().__init__(f"a queue named {queue!r} already exists")
+        super().__init__(f"a queue named {_shown(queue)!r} already exists")
 
 
 class ConsumerExists(KvQueueError):
@@ -407,3 +413,16 @@ def _lookup(cls: type[KvQueueError]) -> tuple[int, int]:
         if pair is not None:
             return pair
     return ERROR_CODES[KvQueueError]
+
+
+def from_response(status: int, code: int, message: str) -> KvQueueError:
+    """The error a server answered with (status and Cloudflare code), rebuilt on the
+    client: the most specific class with that pair, else one by status alone."""
+    candidates = [cls for cls, pair in ERROR_CODES.items() if pair == (status, code)]
+    if not candidates:
+        candidates = [cls for cls, pair in ERROR_CODES.items() if pair[0] == status]
+    # The deepest class wins (QueuePaused over KvQueueError, say).
+    cls = max(candidates, key=lambda c: len(c.__mro__), default=KvQueueError)
+    error = cls.__new__(cls)
+    KvQueueError.__init__(error, message)
+    return error

@@ -24,7 +24,7 @@ from typing import Any
 
 from kvqueue import model, v8
 from kvqueue.atomic import KV_QUEUE, decode_attributes
-from kvqueue.delivery import Decision, Engine, HandlerRunner
+from kvqueue.delivery import Decision, Engine, HandlerRunner, StorageSource
 from kvqueue.model import MutationKind, ValueEncoding
 from kvqueue.storage.base import Storage
 
@@ -79,10 +79,9 @@ class Listener:
     ) -> None:
         self._runner = HandlerRunner(handler, threads=max(1, concurrency))
         self._engine = Engine(
-            storage,
+            StorageSource(storage, KV_QUEUE, KvPolicy(), lease_ms=lease_ms),
             KV_QUEUE,
             self._deliver,
-            KvPolicy(),
             batch_size=1,
             batch_timeout_ms=0,
             concurrency=concurrency,

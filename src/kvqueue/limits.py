@@ -83,6 +83,8 @@ DEFAULT_PULL_BATCH_SIZE = 5
 #: Pull consumer: how long a pulled message stays leased (at most 12 h, default 30 s).
 MAX_VISIBILITY_TIMEOUT_MS = 43_200_000
 DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000
+#: Longest a pull may wait for a message to arrive (kvqueue's long-poll extension).
+MAX_PULL_WAIT_MS = 20_000
 
 # --- Server (`kvqueue serve`) ---
 #: Longest HTTP request body the server reads (a full batch of JSON-escaped text fits).

@@ -7,6 +7,7 @@ one and pulls from it. Push consumers live in :mod:`kvqueue.worker`.
 from __future__ import annotations
 
 import builtins
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,8 @@ from kvqueue.messages import (
 
 if TYPE_CHECKING:
     from kvqueue.database import AsyncDatabase
+
+_LEASE = re.compile(r"[0-9a-f]{16}")
 
 # Concurrent changes to one queue's settings or consumer are retried this often.
 _CAS_ATTEMPTS = 50
@@ -552,7 +555,7 @@ class AsyncQueue:
         """This queue's metrics (see :meth:`AsyncQueues.metrics`)."""
         return _metrics(await self._db.storage.stats(self.stored_name))
 
-    async def _pull_consumer(self) -> Consumer:
+    async def _pull_consumer(self, consumer_id: str | None) -> Consumer:
         records = await self._db.storage.queues([self.stored_name])
         if not records:
             raise errors.QueueNotFound(self.name)
@@ -560,6 +563,11 @@ class AsyncQueue:
         if record.settings.paused:
             raise errors.QueuePaused(self.name)
         consumer = load_consumer(record.consumer)
+        if consumer_id is not None:
+            # A worker reaching the queue through a server pulls as its consumer.
+            if consumer is None or consumer.consumer_id != consumer_id:
+                raise errors.ConsumerNotFound(self.name)
+            return consumer
         if consumer is None:
             return DEFAULT_PULL_CONSUMER
         if consumer.type != "http_pull":
@@ -567,18 +575,31 @@ class AsyncQueue:
         return consumer
 
     async def pull(
-        self, batch_size: int | None = None, visibility_timeout_ms: int | None = None
+        self,
+        batch_size: int | None = None,
+        visibility_timeout_ms: int | None = None,
+        *,
+        wait_ms: int = 0,
+        consumer_id: str | None = None,
+        lease: str | None = None,
     ) -> PullResult:
         """Lease up to ``batch_size`` messages for ``visibility_timeout_ms``.
 
         Defaults come from the queue's http_pull consumer (5 messages, 30 s).
-        An empty queue answers at once with no messages.
+        An empty queue answers at once with no messages, unless ``wait_ms``
+        says how long to wait for one (at most 20 s).
+
+        ``consumer_id`` pulls as the queue's consumer of that id, whatever its
+        type (how a Worker consumes through a server); its ``max_concurrency``
+        then bounds the leases held at once. ``lease`` names the lease (16 hex
+        characters) so that several pulls can fill one batch.
 
         Raises:
             QueuePaused: delivery is paused.
-            ConsumerExists: the queue has a worker consumer.
+            ConsumerExists: the queue has a worker consumer (and no ``consumer_id``).
+            ConsumerNotFound: ``consumer_id`` is not the queue's consumer.
         """
-        consumer = await self._pull_consumer()
+        consumer = await self._pull_consumer(consumer_id)
         size = whole_number(
             "batch_size",
             consumer.batch_size if batch_size is None else batch_size,
@@ -593,28 +614,59 @@ class AsyncQueue:
             1,
             limits.MAX_VISIBILITY_TIMEOUT_MS,
         )
+        wait = whole_number("wait_ms", wait_ms, 0, limits.MAX_PULL_WAIT_MS)
+        if lease is None:
+            lease = secrets.token_hex(8)
+        elif not (isinstance(lease, str) and _LEASE.fullmatch(lease)):
+            raise errors.InvalidOption(f"a lease is 16 hex characters, got {lease!r}")
         storage = self._db.storage
         policy = RetryPolicy(consumer)
-        leased = await storage.lease(
-            self.stored_name, lease=secrets.token_hex(8), limit=size, lease_ms=timeout
-        )
+        max_leases = consumer.max_concurrency if consumer.type == "worker" else None
+        deadline = storage.clock.now_ms() + wait
         pulled: list[PulledMessage] = []
-        for message in leased:
-            write = policy.exhausted(message)
-            if write is not None:
-                await self._db.commit_write(write)
-                continue
-            pulled.append(
-                PulledMessage(
-                    message.message_id,
-                    message.body,
-                    message.content_type,
-                    message.enqueued_at_ms,
-                    message.attempts,
-                    _lease_id(message),
-                )
+        while True:
+            looked_at = storage.clock.now_ms()
+            leased = await storage.lease(
+                self.stored_name, lease=lease, limit=size, lease_ms=timeout, max_leases=max_leases
             )
+            for message in leased:
+                write = policy.exhausted(message)
+                if write is not None:
+                    await self._db.commit_write(write)
+                    continue
+                pulled.append(
+                    PulledMessage(
+                        message.message_id,
+                        message.body,
+                        message.content_type,
+                        message.enqueued_at_ms,
+                        message.attempts,
+                        _lease_id(message),
+                    )
+                )
+            remaining = deadline - storage.clock.now_ms()
+            if pulled or remaining <= 0:
+                break
+            await storage.wait(self.stored_name, timeout_ms=remaining, after_ms=looked_at)
         return PullResult(pulled, _metrics(await storage.stats(self.stored_name)))
+
+    async def extend(self, lease_ids: Iterable[str], visibility_timeout_ms: int) -> list[str]:
+        """Keep pulled messages leased for ``visibility_timeout_ms`` more; returns the
+        lease ids still held (the others were settled, or ran out and were taken)."""
+        timeout = whole_number(
+            "visibility_timeout_ms", visibility_timeout_ms, 1, limits.MAX_VISIBILITY_TIMEOUT_MS
+        )
+        held: dict[str, str] = {}
+        for lease_id in lease_ids:
+            message = _parse_lease_id(self.stored_name, lease_id)
+            if message is not None:
+                held[message.message_id] = lease_id
+        checks = [
+            model.LeaseCheck(message_id, lease_id.rsplit(".", 1)[1])
+            for message_id, lease_id in held.items()
+        ]
+        kept = await self._db.storage.extend(checks, lease_ms=timeout) if checks else set()
+        return [lease_id for message_id, lease_id in held.items() if message_id in kept]
 
     async def ack(
         self,

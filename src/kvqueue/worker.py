@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvqueue import errors, limits, model
+from kvqueue.accounts import DEFAULT_ACCOUNT, stored_name
 from kvqueue.batch import MessageBatch
 from kvqueue.consumers import Consumer, RetryPolicy, load_consumer, make_consumer
 from kvqueue.database import AsyncDatabase
-from kvqueue.delivery import Decision, Engine, HandlerRunner
+from kvqueue.delivery import Decision, Engine, HandlerRunner, Source, StorageSource
 from kvqueue.messages import check_name
+from kvqueue.remote import RemoteQueues, Server, is_url
 
 if TYPE_CHECKING:
     from kvqueue.sync import Database
@@ -61,20 +63,67 @@ def _default_name(handler: Callable[..., Any]) -> str:
     return f"{module}.{getattr(handler, '__qualname__', type(handler).__name__)}"
 
 
+class _LocalQueues:
+    """A Worker's view of its queues in a database it opened (``remote.RemoteQueues``
+    is the same over a server)."""
+
+    def __init__(self, db: AsyncDatabase, account: str) -> None:
+        self._db = db
+        self._account = account
+        self.lease_ms = db.lease_ms
+
+    async def claim(self, queue: str, consumer: Consumer) -> Consumer:
+        return await self._db.queues_of(self._account).claim_worker(queue, consumer)
+
+    def source(self, queue: str, consumer: Consumer) -> Source:
+        return StorageSource(
+            self._db.storage,
+            stored_name(self._account, queue),
+            RetryPolicy(consumer),
+            lease_ms=self._db.lease_ms,
+            max_leases=consumer.max_concurrency,
+        )
+
+    async def refusal(self, queue: str, consumer: Consumer) -> str | None:
+        records = await self._db.storage.queues([stored_name(self._account, queue)])
+        if not records:
+            return "it was deleted"
+        current = load_consumer(records[0].consumer)
+        if current is None or current.consumer_id != consumer.consumer_id:
+            return "its consumer was removed or replaced"
+        if records[0].settings.paused:
+            return "delivery is paused"
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
 class Worker:
     """Runs push-consumer handlers over named queues.
 
     Args:
-        database: a ``Database``, an ``AsyncDatabase``, or a path/URL to open.
+        database: a ``Database``, an ``AsyncDatabase``, a path to open, or the URL
+            of a kvqueue server (``http://host:8787``) to consume through.
         name: the worker's name, stored as its consumers' ``script_name``.
             Default: the handler's module and name (``myapp.handle``).
+        account: whose queues to consume (default: the database's default
+            account; through a server, the token's account).
+        token: a server's bearer token (default: env ``KVQUEUE_TOKEN``).
     """
 
     def __init__(
-        self, database: Database | AsyncDatabase | str = ":memory:", *, name: str | None = None
+        self,
+        database: Database | AsyncDatabase | str = ":memory:",
+        *,
+        name: str | None = None,
+        account: str | None = None,
+        token: str | None = None,
     ) -> None:
         self._database = database
         self.name = name
+        self.account = account
+        self._token = token
         self._registrations: list[_Registration] = []
         self._engines: list[Engine] = []
         self._stopping = False
@@ -121,9 +170,14 @@ class Worker:
 
         return register
 
-    def use_database(self, database: Database | AsyncDatabase | str) -> None:
-        """Consume ``database`` instead of the one given at construction (before running)."""
+    def use_database(
+        self, database: Database | AsyncDatabase | str, *, token: str | None = None
+    ) -> None:
+        """Consume ``database`` (or a server URL, with ``token``) instead of the one
+        given at construction (before running)."""
         self._database = database
+        if token is not None:
+            self._token = token
 
     @property
     def queues(self) -> list[str]:
@@ -135,7 +189,19 @@ class Worker:
     async def serve(self, database: AsyncDatabase | None = None) -> None:
         """Consume every registered queue until :meth:`stop`; then let the batches in
         flight finish and settle, and return."""
-        db = database or self._async_database()
+        if database is None and is_url(self._database):
+            server = Server(str(self._database), self._token, account=self.account)
+            lease_ms = limits.DEFAULT_LEASE_MS
+            queues: _LocalQueues | RemoteQueues = RemoteQueues(server, lease_ms=lease_ms)
+        else:
+            db = database or self._async_database()
+            queues = _LocalQueues(db, self.account or DEFAULT_ACCOUNT)
+        try:
+            await self._serve(queues)
+        finally:
+            await queues.close()
+
+    async def _serve(self, queues: _LocalQueues | RemoteQueues) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         if self._stopping:
@@ -145,13 +211,13 @@ class Worker:
         runners: list[HandlerRunner] = []
         try:
             for registration in self._registrations:
-                consumer = await db.queues.claim_worker(registration.queue, registration.consumer)
+                consumer = await queues.claim(registration.queue, registration.consumer)
                 runner = HandlerRunner(
                     registration.handler,
                     threads=consumer.max_concurrency or limits.MAX_CONCURRENCY,
                 )
                 runners.append(runner)
-                self._engines.append(self._engine(db, registration.queue, consumer, runner))
+                self._engines.append(self._engine(queues, registration.queue, consumer, runner))
         except BaseException:
             self._engines.clear()
             raise
@@ -168,21 +234,16 @@ class Worker:
             self._engines.clear()
 
     def _engine(
-        self, db: AsyncDatabase, queue: str, consumer: Consumer, runner: HandlerRunner
+        self,
+        queues: _LocalQueues | RemoteQueues,
+        queue: str,
+        consumer: Consumer,
+        runner: HandlerRunner,
     ) -> Engine:
         warned: set[str] = set()
 
         async def gate() -> bool:
-            records = await db.storage.queues([queue])
-            reason = None
-            if not records:
-                reason = "it was deleted"
-            else:
-                current = load_consumer(records[0].consumer)
-                if current is None or current.consumer_id != consumer.consumer_id:
-                    reason = "its consumer was removed or replaced"
-                elif records[0].settings.paused:
-                    reason = "delivery is paused"
+            reason = await queues.refusal(queue, consumer)
             if reason is None:
                 warned.clear()
                 return True
@@ -204,15 +265,14 @@ class Worker:
                 batch.finish(failed=False)
 
         return Engine(
-            db.storage,
+            queues.source(queue, consumer),
             queue,
             deliver,
-            RetryPolicy(consumer),
             batch_size=consumer.batch_size,
             batch_timeout_ms=round(consumer.max_batch_timeout * 1000),
             concurrency=consumer.max_concurrency or limits.MAX_CONCURRENCY,
-            lease_ms=db.lease_ms,
-            max_leases=consumer.max_concurrency,
+            lease_ms=queues.lease_ms,
+            bounded=consumer.max_concurrency is not None,
             gate=gate,
         )
 
@@ -229,11 +289,19 @@ class Worker:
         from kvqueue.sync import open
 
         database = self._database
+        if is_url(database):
+            previous = self._install_signals()
+            try:
+                asyncio.run(self.serve())
+            finally:
+                self._restore_signals(previous)
+            return
         owned = isinstance(database, str)
         if isinstance(database, AsyncDatabase):
             raise errors.InvalidOption(
                 "Worker.run() needs a Database or a path; with an AsyncDatabase, await serve()"
             )
+        assert not isinstance(database, AsyncDatabase)
         db: Database = open(database) if isinstance(database, str) else database
         previous = self._install_signals()
         try:

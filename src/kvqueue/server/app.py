@@ -162,8 +162,8 @@ def _route(endpoint: Endpoint) -> Route:
     async def run(request: Request) -> Response:
         database: AsyncDatabase = request.app.state.database
         try:
-            account = request.path_params["account_id"]
             token = await database.tokens.authenticate(_bearer(request))
+            account = request.path_params.get("account_id", token.account)
             if token.account != account:
                 raise errors.Forbidden("this token is for another account")
             raw = await _read_body(request) if request.method in ("POST", "PUT", "PATCH") else b""
@@ -186,7 +186,12 @@ def _route(endpoint: Endpoint) -> Route:
             return result
         return json_response(cloudflare.envelope(result))
 
-    return Route(API_ROOT + endpoint.path, run, methods=[endpoint.method])
+    return Route(_full_path(endpoint.path), run, methods=[endpoint.method])
+
+
+def _full_path(path: str) -> str:
+    # Paths are under an account, but for the few outside one (token verification).
+    return path if path.startswith("/client/") else API_ROOT + path
 
 
 def _routes(endpoints: Sequence[Endpoint]) -> list[Route]:
@@ -199,11 +204,12 @@ def _routes(endpoints: Sequence[Endpoint]) -> list[Route]:
         handlers = {e.method: _route(e) for e in group}
 
         async def dispatch(request: Request, handlers: dict[str, Route] = handlers) -> Response:
-            route = handlers[request.method]
+            # Starlette lets HEAD through wherever GET is allowed; answer it as GET.
+            route = handlers["GET" if request.method == "HEAD" else request.method]
             response: Response = await route.endpoint(request)
             return response
 
-        routes.append(Route(API_ROOT + path, dispatch, methods=list(handlers)))
+        routes.append(Route(_full_path(path), dispatch, methods=list(handlers)))
     return routes
 
 

@@ -8,13 +8,14 @@ public API (:mod:`kvqueue.queues`), which the routes call.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from kvqueue import errors
-from kvqueue.consumers import Consumer
+from kvqueue.consumers import Consumer, make_consumer
 from kvqueue.queues import PeekedMessage, PulledMessage, QueueInfo, QueueMetrics
 
 
@@ -63,7 +64,8 @@ def queue_json(info: QueueInfo) -> dict[str, Any]:
 
 
 def consumer_json(consumer: Consumer, info: QueueInfo) -> dict[str, Any]:
-    """A Consumer object (with the ``script``/``service`` spellings wrangler reads too)."""
+    """A Consumer object, with the ``script`` spelling wrangler reads too (not ``service``:
+    wrangler takes that for a service-environment Worker and looks it up in the Workers API)."""
     shape: dict[str, Any] = {
         "consumer_id": consumer.consumer_id,
         "created_on": _ms_timestamp(consumer.created_at_ms),
@@ -76,7 +78,6 @@ def consumer_json(consumer: Consumer, info: QueueInfo) -> dict[str, Any]:
         shape.update(
             script_name=consumer.script_name,
             script=consumer.script_name,
-            service=consumer.script_name,
             environment="",
             settings={
                 "batch_size": consumer.batch_size,
@@ -246,3 +247,26 @@ def consumer_settings(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if settings.get("body_encoding") is not None:
         given["body_encoding"] = field(settings, "body_encoding", str)
     return kind, given
+
+
+def consumer_request(consumer: Consumer) -> dict[str, Any]:
+    """The body that creates or replaces a worker consumer like ``consumer``."""
+    return {
+        "type": "worker",
+        "script_name": consumer.script_name,
+        "dead_letter_queue": consumer.dead_letter_queue or "",
+        "settings": {
+            "batch_size": consumer.batch_size,
+            "max_retries": consumer.max_retries,
+            "max_wait_time_ms": round(consumer.max_batch_timeout * 1000),
+            "max_concurrency": consumer.max_concurrency,
+            "retry_delay": consumer.retry_delay,
+        },
+    }
+
+
+def consumer_from_json(shape: dict[str, Any]) -> Consumer:
+    """A Consumer object read back (what :func:`consumer_json` wrote)."""
+    kind, settings = consumer_settings(shape)
+    made = make_consumer(kind, **settings)
+    return dataclasses.replace(made, consumer_id=str(shape.get("consumer_id", "")))

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from kvqueue import errors, limits, model
 from kvqueue.accounts import split_name
-from kvqueue.consumers import DEFAULT_PULL_CONSUMER, load_consumer
+from kvqueue.consumers import BODY_ENCODINGS, DEFAULT_PULL_CONSUMER, load_consumer
 from kvqueue.messages import MessageSendRequest
 from kvqueue.queues import QueueInfo, queue_info
 from kvqueue.server import cloudflare
@@ -40,7 +40,8 @@ def _query_int(call: Call, name: str, default: int, high: int) -> int:
     raw = call.request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= high:
+    # isdigit alone lets through digits int() refuses ("²") or reads (fullwidth digits).
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= high:
         raise errors.InvalidOption(f"{name} is a whole number in 1 .. {high:,}, got {raw!r}")
     return int(raw)
 
@@ -206,13 +207,43 @@ async def push_batch(call: Call) -> Any:
 async def pull(call: Call) -> Any:
     record = await call.queue("consume")
     consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+    # kvqueue's extensions (docs/http-api.md): wait_ms, consumer_id, lease, body_encoding.
+    encoding = field(call.body, "body_encoding", str, consumer.body_encoding)
+    if encoding not in BODY_ENCODINGS:
+        raise errors.InvalidOption(f'body_encoding is "base64" or "plain", got {encoding!r}')
     pulled = await call.queues.queue(split_name(record.name)[1]).pull(
-        _whole(call.body, "batch_size"), _whole(call.body, "visibility_timeout_ms")
+        _whole(call.body, "batch_size"),
+        _whole(call.body, "visibility_timeout_ms"),
+        wait_ms=_whole(call.body, "wait_ms") or 0,
+        consumer_id=field(call.body, "consumer_id", str),
+        lease=field(call.body, "lease", str),
     )
     return {
         "message_backlog_count": pulled.backlog_count,
-        "messages": [cloudflare.pulled_json(m, consumer.body_encoding) for m in pulled.messages],
+        "messages": [cloudflare.pulled_json(m, encoding) for m in pulled.messages],
         "metadata": {"metrics": cloudflare.metrics_json(pulled.metrics)},
+    }
+
+
+async def extend(call: Call) -> Any:
+    """kvqueue's extension: keep pulled messages leased while a worker handles them."""
+    name = await call.queue_name("consume")
+    timeout = _whole(call.body, "visibility_timeout_ms")
+    if timeout is None:
+        raise errors.InvalidInput("visibility_timeout_ms is required")
+    held = [lease_id for lease_id in cloudflare.lease_ids(call.body, "leases") if lease_id]
+    return {"extended": await call.queues.queue(name).extend(held, timeout)}
+
+
+async def verify_token(call: Call) -> Any:
+    """Cloudflare's token check, with the token's account and scope added."""
+    token = call.token
+    return {
+        "id": token.id,
+        "status": "active",
+        "account": token.account,
+        "scope": token.scope,
+        "queues": None if token.queues is None else list(token.queues),
     }
 
 
@@ -232,7 +263,9 @@ async def ack(call: Call) -> Any:
 async def peek(call: Call) -> Any:
     record = await call.queue("consume")
     consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
-    size = _whole(call.body, "batch_size") or limits.DEFAULT_PULL_BATCH_SIZE
+    size = _whole(call.body, "batch_size")
+    if size is None:  # 0 is out of range, as for pull, not the default
+        size = limits.DEFAULT_PULL_BATCH_SIZE
     peeked = await call.queues.peek(split_name(record.name)[1], size)
     return {"messages": [cloudflare.peeked_json(m, consumer.body_encoding) for m in peeked]}
 
@@ -292,6 +325,7 @@ async def delete_consumer(call: Call) -> Any:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/client/v4/user/tokens/verify", verify_token),
     Endpoint("GET", "/queues", list_queues),
     Endpoint("POST", "/queues", create_queue),
     Endpoint("GET", "/queues/{queue_id}", get_queue),
@@ -305,6 +339,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/queues/{queue_id}/messages/batch", push_batch),
     Endpoint("POST", "/queues/{queue_id}/messages/pull", pull),
     Endpoint("POST", "/queues/{queue_id}/messages/ack", ack),
+    Endpoint("POST", "/queues/{queue_id}/messages/extend", extend),
     Endpoint("POST", "/queues/{queue_id}/messages/peek", peek),
     Endpoint("POST", "/queues/{queue_id}/messages/purge", purge_messages),
     Endpoint("GET", "/queues/{queue_id}/consumers", list_consumers),
