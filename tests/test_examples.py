@@ -38,7 +38,7 @@ def kvqueue_u64(n: int) -> object:
 
 
 def test_tour_runs(tmp_path: Path) -> None:
-    """The tour that `scripts/run` starts completes and handles every message."""
+    """The README tour (examples/tour.py) completes and handles every message."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "tour.py"), str(tmp_path / "tour.db")],
         capture_output=True,
