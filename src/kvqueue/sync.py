@@ -149,6 +149,7 @@ class Queue(_Facade):
     metrics = _blocking(AsyncQueue.metrics)
     pull = _blocking(AsyncQueue.pull)
     ack = _blocking(AsyncQueue.ack)
+    extend = _blocking(AsyncQueue.extend)
     purge_messages = _blocking(AsyncQueue.purge_messages)
 
 
