@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from kvqueue import errors, limits, model
 from kvqueue.accounts import split_name
-from kvqueue.consumers import BODY_ENCODINGS, DEFAULT_PULL_CONSUMER, load_consumer
+from kvqueue.consumers import BODY_ENCODINGS, DEFAULT_PULL_CONSUMER, load_consumer, whole_number
 from kvqueue.messages import MessageSendRequest
 from kvqueue.queues import QueueInfo, queue_info
 from kvqueue.server import cloudflare
@@ -266,6 +266,7 @@ async def peek(call: Call) -> Any:
     size = _whole(call.body, "batch_size")
     if size is None:  # 0 is out of range, as for pull, not the default
         size = limits.DEFAULT_PULL_BATCH_SIZE
+    whole_number("batch_size", size, 1, limits.MAX_PULL_BATCH_SIZE)  # named as sent
     peeked = await call.queues.peek(split_name(record.name)[1], size)
     return {"messages": [cloudflare.peeked_json(m, consumer.body_encoding) for m in peeked]}
 
