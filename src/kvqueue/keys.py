@@ -215,3 +215,10 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 def successor(key: bytes) -> bytes:
     """The smallest encoded key greater than ``key``."""
     return key + b"\x00"
+
+
+def reserved_key(kind: str, name: str = "") -> bytes:
+    """A key for kvqueue's own records (tokens, purge times): it begins with the byte
+    0xFF, which no key of the public KV API encodes to, so no KV call reaches it.
+    ``reserved_key(kind)`` is the prefix of every key of that kind."""
+    return b"\xffkvqueue\x00" + kind.encode("ascii") + b"\x00" + name.encode("ascii")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from kvqueue import errors, limits, model
 from kvqueue.accounts import DEFAULT_ACCOUNT, check_account, split_name, stored_name
 from kvqueue.atomic import KV_QUEUE
@@ -27,6 +29,7 @@ from kvqueue.consumers import (
     make_consumer,
     whole_number,
 )
+from kvqueue.keys import reserved_key
 from kvqueue.messages import (
     ContentType,
     MessageSendRequest,
@@ -347,8 +350,23 @@ class AsyncQueues:
         await self._commit(model.DeleteQueue(self._stored(name)))
 
     async def purge(self, name: str) -> None:
-        """Delete every message of a queue, delayed and in-flight ones too."""
-        await self._commit(model.PurgeQueue(self._stored(name)))
+        """Delete every message of a queue, delayed and in-flight ones too, and note
+        when (see :meth:`last_purge`)."""
+        record = await self._record(name)
+        mark = model.Mutation(
+            model.MutationKind.SET,
+            reserved_key("purge", record.queue_id),
+            orjson.dumps(self._db.clock.now_ms()),
+        )
+        write = model.AtomicWrite(queue_changes=(model.PurgeQueue(record.name),), mutations=(mark,))
+        await self._db.commit_write(write)
+
+    async def last_purge(self, name: str) -> datetime | None:
+        """When the queue was last purged (a purge is one transaction: it is complete
+        once anyone can see it), or None if never."""
+        key = reserved_key("purge", (await self._record(name)).queue_id)
+        (found,) = await self._storage.read([model.ReadRange(key, key + b"\x00", 1)])
+        return _datetime(orjson.loads(found[0].value)) if found else None
 
     async def metrics(self, name: str) -> QueueMetrics:
         """Backlog count and bytes, oldest message, in-flight, retried and dead-lettered.
@@ -656,17 +674,14 @@ class AsyncQueue:
         timeout = whole_number(
             "visibility_timeout_ms", visibility_timeout_ms, 1, limits.MAX_VISIBILITY_TIMEOUT_MS
         )
-        held: dict[str, str] = {}
+        held: dict[str, model.LeaseCheck] = {}
         for lease_id in lease_ids:
             message = _parse_lease_id(self.stored_name, lease_id)
             if message is not None:
-                held[message.message_id] = lease_id
-        checks = [
-            model.LeaseCheck(message_id, lease_id.rsplit(".", 1)[1])
-            for message_id, lease_id in held.items()
-        ]
+                held[lease_id] = model.LeaseCheck(message.message_id, message.lease)
+        checks = list(held.values())
         kept = await self._db.storage.extend(checks, lease_ms=timeout) if checks else set()
-        return [lease_id for message_id, lease_id in held.items() if message_id in kept]
+        return [lease_id for lease_id, check in held.items() if check.message_id in kept]
 
     async def ack(
         self,

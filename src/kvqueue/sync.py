@@ -125,6 +125,7 @@ class Queues(_Facade):
     pause = _blocking(AsyncQueues.pause)
     resume = _blocking(AsyncQueues.resume)
     purge = _blocking(AsyncQueues.purge)
+    last_purge = _blocking(AsyncQueues.last_purge)
     metrics = _blocking(AsyncQueues.metrics)
     peek = _blocking(AsyncQueues.peek)
     get_consumer = _blocking(AsyncQueues.get_consumer)

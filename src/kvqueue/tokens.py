@@ -24,6 +24,7 @@ import orjson
 
 from kvqueue import errors, model
 from kvqueue.accounts import check_account
+from kvqueue.keys import reserved_key
 from kvqueue.messages import check_name
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ Scope = Literal["admin", "produce", "consume"]
 #: ``consume`` pull, ack, peek. Every scope may read queue settings and metrics.
 SCOPES: tuple[Scope, ...] = ("admin", "produce", "consume")
 
-_PREFIX = b"\xffkvqueue\x00token\x00"
+_PREFIX = reserved_key("token")
 _TOKEN_ID_HEX = 16
 
 
@@ -73,7 +74,7 @@ def _hash(secret: str) -> str:
 
 
 def _key(token_id: str) -> bytes:
-    return _PREFIX + token_id.encode("ascii")
+    return reserved_key("token", token_id)
 
 
 def _load(data: bytes) -> tuple[Token, str]:

@@ -79,13 +79,7 @@ def consumer_json(consumer: Consumer, info: QueueInfo) -> dict[str, Any]:
             script_name=consumer.script_name,
             script=consumer.script_name,
             environment="",
-            settings={
-                "batch_size": consumer.batch_size,
-                "max_retries": consumer.max_retries,
-                "max_wait_time_ms": round(consumer.max_batch_timeout * 1000),
-                "max_concurrency": consumer.max_concurrency,
-                "retry_delay": consumer.retry_delay,
-            },
+            settings=_worker_settings(consumer),
         )
     else:
         shape["settings"] = {
@@ -96,6 +90,16 @@ def consumer_json(consumer: Consumer, info: QueueInfo) -> dict[str, Any]:
             "body_encoding": consumer.body_encoding,
         }
     return shape
+
+
+def _worker_settings(consumer: Consumer) -> dict[str, Any]:
+    return {
+        "batch_size": consumer.batch_size,
+        "max_retries": consumer.max_retries,
+        "max_wait_time_ms": round(consumer.max_batch_timeout * 1000),
+        "max_concurrency": consumer.max_concurrency,
+        "retry_delay": consumer.retry_delay,
+    }
 
 
 def metrics_json(metrics: QueueMetrics) -> dict[str, int]:
@@ -117,28 +121,24 @@ def body_json(message: PulledMessage | PeekedMessage, encoding: str) -> Any:
     return base64.b64encode(message.raw).decode("ascii")
 
 
-def pulled_json(message: PulledMessage, encoding: str) -> dict[str, Any]:
-    """One pulled message."""
+def _message_json(message: PulledMessage | PeekedMessage, encoding: str) -> dict[str, Any]:
     return {
         "id": message.id,
         "body": body_json(message, encoding),
         "timestamp_ms": message.timestamp_ms,
         "attempts": message.attempts,
-        "lease_id": message.lease_id,
         "metadata": message.metadata,
     }
+
+
+def pulled_json(message: PulledMessage, encoding: str) -> dict[str, Any]:
+    """One pulled message, with the ``lease_id`` that acks it."""
+    return {**_message_json(message, encoding), "lease_id": message.lease_id}
 
 
 def peeked_json(message: PeekedMessage, encoding: str) -> dict[str, Any]:
     """One peeked message, with the ``ref`` that purges it."""
-    return {
-        "id": message.id,
-        "body": body_json(message, encoding),
-        "timestamp_ms": message.timestamp_ms,
-        "attempts": message.attempts,
-        "ref": message.ref,
-        "metadata": message.metadata,
-    }
+    return {**_message_json(message, encoding), "ref": message.ref}
 
 
 # --- requests ---------------------------------------------------------------------
@@ -255,13 +255,7 @@ def consumer_request(consumer: Consumer) -> dict[str, Any]:
         "type": "worker",
         "script_name": consumer.script_name,
         "dead_letter_queue": consumer.dead_letter_queue or "",
-        "settings": {
-            "batch_size": consumer.batch_size,
-            "max_retries": consumer.max_retries,
-            "max_wait_time_ms": round(consumer.max_batch_timeout * 1000),
-            "max_concurrency": consumer.max_concurrency,
-            "retry_delay": consumer.retry_delay,
-        },
+        "settings": _worker_settings(consumer),
     }
 
 

@@ -7,13 +7,11 @@ sending ``produce``, pulling and acking ``consume``, everything else ``admin``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
-from kvqueue import errors, limits, model
+from kvqueue import errors, limits
 from kvqueue.accounts import split_name
 from kvqueue.consumers import BODY_ENCODINGS, DEFAULT_PULL_CONSUMER, load_consumer, whole_number
 from kvqueue.messages import MessageSendRequest
@@ -130,31 +128,16 @@ async def start_purge(call: Call) -> Any:
         raise errors.InvalidInput(
             "a purge deletes every message for good: send delete_messages_permanently: true"
         )
-    started = call.database.clock.now_ms()
     name = split_name(record.name)[1]
     await call.queues.purge(name)
-    mark = model.Mutation(
-        model.MutationKind.SET, _purge_key(record.queue_id), orjson.dumps({"started_at": started})
-    )
-    await call.database.commit_write(model.AtomicWrite(mutations=(mark,)))
     return cloudflare.queue_json(await call.queues.get(name))
 
 
 async def purge_status(call: Call) -> Any:
-    record = await call.queue(None)
-    key = _purge_key(record.queue_id)
-    (found,) = await call.database.storage.read([model.ReadRange(key, key + b"\x00", 1)])
-    if not found:
+    purged = await call.queues.last_purge(await call.queue_name(None))
+    if purged is None:
         return {"started_at": None, "completed": None, "complete": False}
-    started = orjson.loads(found[0].value)["started_at"]
-    moment = datetime.fromtimestamp(started / 1000, UTC)
-    # A purge here is one transaction: it has completed by the time anyone can ask.
-    return {"started_at": cloudflare.timestamp(moment), "completed": "true", "complete": True}
-
-
-def _purge_key(queue_id: str) -> bytes:
-    """Where the time of a queue's last purge is kept (a reserved 0xFF key)."""
-    return b"\xffkvqueue\x00purge\x00" + queue_id.encode("ascii")
+    return {"started_at": cloudflare.timestamp(purged), "completed": "true", "complete": True}
 
 
 # --- messages ---------------------------------------------------------------------------
