@@ -1,9 +1,10 @@
 """S4: send-to-handler latency of one message on an idle KV queue.
 
 Measures p50/p99 over N samples, in-process and across processes, on a SQLite
-file with durable settings. Not part of the test suite.
+file and on PostgreSQL (a private server started for the run, durable
+settings), side by side. Not part of the test suite.
 
-    .venv/bin/python bench/latency.py [--samples 1000]
+    .venv/bin/python bench/latency.py [--samples 1000] [--backend sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -89,15 +90,32 @@ def cross_process(path: str, samples: int) -> dict[str, float]:
     return _percentiles(latencies)
 
 
+def _sqlite(samples: int) -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return {
+            "in_process": asyncio.run(in_process(str(Path(tmp) / "a.db"), samples)),
+            "cross_process": cross_process(str(Path(tmp) / "b.db"), samples),
+        }
+
+
+def _postgres(samples: int) -> dict[str, dict[str, float]]:
+    sys.path.insert(0, str(ROOT))
+    from tests.postgres import running_cluster
+
+    with running_cluster() as cluster:
+        return {
+            "in_process": asyncio.run(in_process(cluster.new_database(), samples)),
+            "cross_process": cross_process(cluster.new_database(), samples),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {
-            "in_process": asyncio.run(in_process(str(Path(tmp) / "a.db"), args.samples)),
-            "cross_process": cross_process(str(Path(tmp) / "b.db"), args.samples),
-        }
+    runs = {"sqlite": _sqlite, "postgres": _postgres}
+    results = {name: runs[name](args.samples) for name in args.backend or list(runs)}
     print(json.dumps(results, indent=2))
 
 

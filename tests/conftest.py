@@ -8,9 +8,38 @@ from pathlib import Path
 import pytest
 
 import kvqueue
+from tests.postgres import Cluster, running_cluster
 
 #: Every backend the conformance tests run against. A backend cannot opt out of a test.
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One PostgreSQL server for the whole run, started from Debian's binaries."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_cluster: Cluster) -> str:
+    """One database on it; each test gets a schema of its own inside."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster, pg_database: str) -> str:
+    """A fresh, empty PostgreSQL schema for one test."""
+    return pg_cluster.new_schema(pg_database)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database several processes open at once: a SQLite file or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "shared.db")
+    pg: str = request.getfixturevalue("pg_url")
+    return pg
 
 
 @pytest.fixture(params=BACKENDS)
@@ -18,6 +47,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where a test database lives, one per backend."""
     if request.param == "sqlite":
         return str(tmp_path / "test.db")
+    if request.param == "postgres":
+        pg: str = request.getfixturevalue("pg_url")
+        return pg
     return ":memory:"
 
 

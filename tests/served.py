@@ -23,7 +23,7 @@ _START_SECONDS = 20
 class Served:
     """A running server and the database file behind it."""
 
-    db_path: Path
+    db_path: Path | str
     process: subprocess.Popen[str]
     url: str
     output: list[str] = field(default_factory=list)
@@ -72,7 +72,7 @@ class Served:
             self.process.stdout.close()
 
 
-def start_server(db_path: Path, *, port: int = 0, log_level: str = "warning") -> Served:
+def start_server(db_path: Path | str, *, port: int = 0, log_level: str = "warning") -> Served:
     """Start `kvqueue serve` on ``db_path`` and wait until it accepts connections."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import kvqueue
 from tests.test_durability import Child
 
 
-def test_enqueue_in_one_process_reaches_listener_in_another(tmp_path: Path) -> None:
+def test_enqueue_in_one_process_reaches_listener_in_another(shared_url: str) -> None:
     """Each of 30 messages sent one at a time arrives in the other process, without a poll interval."""
-    path = str(tmp_path / "x.db")
+    path = shared_url
     kvqueue.open(path).close()
     child = Child("echo_listener.py", path)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kvqueue
-from kvqueue import v8
+from tests.stores import message_bodies, stored_messages
 
 PROCS = Path(__file__).parent / "procs"
 
@@ -56,16 +55,6 @@ class Child:
         self.proc.stdout.close()
 
 
-def _bodies(path: str) -> dict[str, Any]:
-    with sqlite3.connect(path) as conn:
-        return {mid: v8.loads(body) for mid, body in conn.execute("SELECT id, body FROM messages")}
-
-
-def _backlog(path: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-
-
 def _drain(path: str, until: Any, lease_ms: int = 30_000) -> list[Any]:
     """Listen in this process until ``until(delivered)`` holds and the queue is empty."""
     db = kvqueue.open(path, lease_ms=lease_ms)
@@ -79,7 +68,7 @@ def _drain(path: str, until: Any, lease_ms: int = 30_000) -> list[Any]:
     listener = threading.Thread(target=db.listen_queue, args=(handler,), daemon=True)
     listener.start()
     deadline = time.monotonic() + 30
-    while not (until(delivered) and _backlog(path) == 0):
+    while not (until(delivered) and stored_messages(path) == 0):
         assert time.monotonic() < deadline, f"drain stalled with {len(delivered)} delivered"
         time.sleep(0.005)
     db.close()
@@ -87,14 +76,14 @@ def _drain(path: str, until: Any, lease_ms: int = 30_000) -> list[Any]:
     return delivered
 
 
-def test_killed_handler_gets_its_message_again_and_acked_ones_never_return(tmp_path: Path) -> None:
+def test_killed_handler_gets_its_message_again_and_acked_ones_never_return(shared_url: str) -> None:
     """kill -9 mid-handler: that message is redelivered after restart; messages whose ack committed are not."""
-    path = str(tmp_path / "crash.db")
+    path = shared_url
     with kvqueue.open(path) as db:
         for i in range(40):
             db.enqueue(f"m{i}")
         db.enqueue("hang")
-    bodies = _bodies(path)
+    bodies = message_bodies(path)
     everything = set(bodies.values())
 
     child = Child("listener.py", path, "500")
@@ -122,9 +111,9 @@ def test_killed_handler_gets_its_message_again_and_acked_ones_never_return(tmp_p
     assert everything <= handled_before | set(delivered), "a message was never handled"
 
 
-def test_every_commit_that_returned_survives_kill_during_a_burst(tmp_path: Path) -> None:
+def test_every_commit_that_returned_survives_kill_during_a_burst(shared_url: str) -> None:
     """kill -9 during 16 concurrent committers: every commit that returned is there, set and message alike."""
-    path = str(tmp_path / "burst.db")
+    path = shared_url
     kvqueue.open(path).close()
     child = Child("producer.py", path)
     child.wait_for(lambda lines: sum(line.startswith("committed") for line in lines) >= 2000)

@@ -236,10 +236,12 @@ async def test_a_worker_idle_on_two_empty_queues_does_not_busy_poll_the_store(
 
     async with serving(worker):
         await wait_until(lambda: spy.empty_leases >= 2)
-        # Each unrelated commit may wake both queues' consumers to look once (4 round trips).
+        # Each unrelated commit may wake both queues' consumers to look (a lease and a
+        # read each) twice: once for the writer's signal and once for the wake-up
+        # from outside (SQLite's file watch sees our own commits too).
         commits = 30
         polls = await spy.round_trips_in_window(lambda: adb.set(("other",), 1), pokes=commits)
-    assert polls <= IDLE_POLL_BUDGET + 4 * commits, (
+    assert polls <= IDLE_POLL_BUDGET + 8 * commits, (
         f"{polls} store round trips in {MEASURE_WINDOW_S} s with {commits} commits"
     )
     assert batches.seen == []

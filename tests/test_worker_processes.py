@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,15 +12,10 @@ import time
 from pathlib import Path
 
 import kvqueue
+from tests.stores import stored_messages
 from tests.test_durability import Child
 
 MESSAGES = 200
-
-
-def _backlog(path: str, queue: str) -> int:
-    with sqlite3.connect(path) as conn:
-        row = conn.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,)).fetchone()
-        return int(row[0])
 
 
 def _handling(child: Child) -> list[tuple[str, str]]:
@@ -60,10 +54,11 @@ def _terminate(child: Child) -> int:
     return code
 
 
-def test_kill_9_mid_batch_loses_nothing_and_explicit_acks_stay_acked(tmp_path: Path) -> None:
-    """Several workers on one SQLite file; one is killed mid-batch: every message is still
-    handled, and the message it acked explicitly before dying is never delivered again."""
-    path = str(tmp_path / "jobs.db")
+def test_kill_9_mid_batch_loses_nothing_and_explicit_acks_stay_acked(shared_url: str) -> None:
+    """Several workers on one database (SQLite file or PostgreSQL); one is killed mid-batch:
+    every message is still handled, and the message it acked explicitly before dying is never
+    delivered again."""
+    path = shared_url
     db = kvqueue.open(path)
     db.queues.create("jobs")
     db.queue("jobs").send_batch(list(range(100)))
@@ -84,9 +79,9 @@ def test_kill_9_mid_batch_loses_nothing_and_explicit_acks_stay_acked(tmp_path: P
         victim.kill()
         db.close()
         deadline = time.monotonic() + 60
-        while _backlog(path, "jobs") and time.monotonic() < deadline:
+        while stored_messages(path, "jobs") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _backlog(path, "jobs") == 0
+        assert stored_messages(path, "jobs") == 0
         for child in normals:
             assert _terminate(child) == 0
             assert child.lines[-1] == "stopped"

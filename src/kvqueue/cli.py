@@ -1,4 +1,4 @@
-"""The ``kvqueue`` command: ``serve``, ``worker`` and ``tokens``.
+"""The ``kvqueue`` command: ``serve``, ``worker``, ``tokens`` and ``migrate``.
 
 A thin adapter: it parses arguments, calls the public API and turns errors into
 one clear line and a non-zero exit.
@@ -60,6 +60,7 @@ def _database(args: argparse.Namespace) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from kvqueue.server import serve
+    from kvqueue.storage import shown
     from kvqueue.sync import open
 
     path = _database(args)
@@ -68,12 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
     if first_run:
         print(
             "kvqueue: no tokens yet; create one with"
-            f" `kvqueue tokens create --account ACCOUNT --db {path}`",
+            f" `kvqueue tokens create --account ACCOUNT --db {shown(path)}`",
             file=sys.stderr,
         )
 
     def ready(url: str) -> None:
-        print(f"kvqueue serving {url} (database {path})", flush=True)
+        print(f"kvqueue serving {url} (database {shown(path)})", flush=True)
 
     serve(path, host=args.host, port=args.port, log_level=args.log_level, on_ready=ready)
     return 0
@@ -104,8 +105,25 @@ def _tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from kvqueue.storage import migrate, shown
+
+    path = _database(args)
+    before, after = asyncio.run(migrate(path))
+    if before == after:
+        print(f"kvqueue: {shown(path)} is up to date (schema version {after})")
+    else:
+        print(f"kvqueue: migrated {shown(path)} from schema version {before} to {after}")
+    return 0
+
+
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help=f"database path (env KVQUEUE_DB; default {_DEFAULT_DB})")
+    parser.add_argument(
+        "--db",
+        help=f"SQLite file or postgresql:// URL (env KVQUEUE_DB; default {_DEFAULT_DB})",
+    )
 
 
 def _add_tokens(commands: Any) -> None:
@@ -169,12 +187,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     _add_tokens(commands)
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the database schema, then exit",
+        description="Create or upgrade the schema of a database and exit. Opening a"
+        " database migrates it too; several processes migrating at once is safe.",
+        epilog="example: kvqueue migrate --db postgresql://app@db.internal/app",
+    )
+    _add_db(migrate)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run = {"worker": _worker, "serve": _serve, "tokens": _tokens}[args.command]
+    run = {"worker": _worker, "serve": _serve, "tokens": _tokens, "migrate": _migrate}[args.command]
     try:
         return run(args)
     except errors.KvQueueError as exc:

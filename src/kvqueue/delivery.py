@@ -46,6 +46,9 @@ in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar("in_handler", 
 
 # How long an idle consumer waits before looking again without a wake-up.
 _IDLE_RECHECK_MS = 5_000
+# Real-time pauses after the store failed (a database restarting, a server out
+# of reach): short at first, then no more than one try a second.
+_FAILURE_PAUSES_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Policy(Protocol):
@@ -96,7 +99,11 @@ class Source(Protocol):
         decision that could not be applied is logged, and its lease runs out."""
         ...
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None) -> None:
+    def changes(self) -> int:
+        """A change count to pass to :meth:`wait` as ``since`` (see ``Storage.changes``)."""
+        ...
+
+    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
         """Return when a message may be deliverable (see ``Storage.wait``)."""
         ...
 
@@ -157,9 +164,13 @@ class StorageSource:
         checks = [model.LeaseCheck(m.message_id, m.lease) for m in held]
         return await self._storage.extend(checks, lease_ms=self._lease_ms)
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None) -> None:
+    def changes(self) -> int:
+        """See :meth:`Source.changes`."""
+        return self._storage.changes
+
+    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
         """See :meth:`Source.wait`."""
-        await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms)
+        await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms, since=since)
 
     async def wait_for_change(self, *, timeout_ms: int) -> None:
         """See :meth:`Source.wait_for_change`."""
@@ -246,12 +257,14 @@ class Engine:
         self._lease_ms = lease_ms
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._held: dict[str, model.LeasedMessage] = {}
-        self._settled: dict[str, asyncio.Future[None]] = {}
+        # Keyed by message and lease: a message may be leased again (after a
+        # retry) before the settlement of its previous lease has come back.
+        self._held: dict[_Key, model.LeasedMessage] = {}
+        self._settled: dict[_Key, asyncio.Future[None]] = {}
         self._batches: set[asyncio.Task[None]] = set()
         self._pending: list[Decision] = []
         # Messages decided and not yet settled: a later decision for one is ignored.
-        self._pending_ids: set[str] = set()
+        self._pending_ids: set[_Key] = set()
         self._flushing: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._busy = asyncio.Event()
@@ -270,19 +283,28 @@ class Engine:
         """Lease, deliver and settle until stopped."""
         renewer = asyncio.create_task(self._renew_leases())
         try:
+            failures = 0
             while not self._stop.is_set():
                 if len(self._batches) >= min(self._target, self._cap):
                     self._slot_free.clear()
                     await first_of(self._slot_free.wait(), self._stop.wait())
                     continue
-                if self._gate is not None and not await self._gate():
-                    # Paused, gone, or no longer ours: any commit may change that.
-                    await first_of(
-                        self._source.wait_for_change(timeout_ms=_IDLE_RECHECK_MS),
-                        self._stop.wait(),
-                    )
-                    continue
-                await self._take_batches()
+                try:
+                    if self._gate is not None and not await self._gate():
+                        # Paused, gone, or no longer ours: any commit may change that.
+                        await first_of(
+                            self._source.wait_for_change(timeout_ms=_IDLE_RECHECK_MS),
+                            self._stop.wait(),
+                        )
+                        continue
+                    await self._take_batches()
+                    failures = 0
+                except errors.StorageError as exc:
+                    # The store is restarting or out of reach: carry on once it is back.
+                    pause = _FAILURE_PAUSES_S[min(failures, len(_FAILURE_PAUSES_S) - 1)]
+                    failures += 1
+                    logger.warning("queue %r: %s; trying again in %.2f s", self._queue, exc, pause)
+                    await first_of(asyncio.sleep(pause), self._stop.wait())
             while self._batches:
                 await asyncio.wait(set(self._batches))
         finally:
@@ -290,16 +312,16 @@ class Engine:
 
     # --- leasing ------------------------------------------------------------
 
-    async def _idle(self, after_ms: int) -> None:
+    async def _idle(self, after_ms: int, since: int) -> None:
         await first_of(
-            self._source.wait(timeout_ms=_IDLE_RECHECK_MS, after_ms=after_ms),
+            self._source.wait(timeout_ms=_IDLE_RECHECK_MS, after_ms=after_ms, since=since),
             self._stop.wait(),
         )
 
     async def _lease(self, token: str, limit: int) -> list[model.LeasedMessage]:
         usable = await self._source.lease(token, limit)
         for message in usable:
-            self._held[message.message_id] = message
+            self._held[_key(message)] = message
         if usable:
             self._busy.set()
         return usable
@@ -311,11 +333,12 @@ class Engine:
         want = size if self._bounded else size * free
         token = secrets.token_hex(8)
         leased_at = self._source.clock.now_ms()
+        seen = self._source.changes()
         leased = await self._lease(token, want)
         if not leased:
             # Whatever was visible then was refused (the concurrency bound): wait for news.
             self._scale(full=False)
-            await self._idle(leased_at)
+            await self._idle(leased_at, seen)
             return
         whole = len(leased) // size * size
         for start in range(0, whole, size):
@@ -330,17 +353,19 @@ class Engine:
         """Top ``batch`` up to a full batch until its timeout runs out."""
         clock = self._source.clock
         looked_at = clock.now_ms()
+        seen = self._source.changes()
         deadline = looked_at + self._batch_timeout_ms
         while len(batch) < self._batch_size and not self._stop.is_set():
             remaining = deadline - clock.now_ms()
             if remaining <= 0:
                 break
             await first_of(
-                self._source.wait(timeout_ms=remaining, after_ms=looked_at),
+                self._source.wait(timeout_ms=remaining, after_ms=looked_at, since=seen),
                 clock.sleep(remaining / 1000),
                 self._stop.wait(),
             )
             looked_at = clock.now_ms()
+            seen = self._source.changes()
             batch += await self._lease(token, self._batch_size - len(batch))
         return batch
 
@@ -356,7 +381,7 @@ class Engine:
 
     def _dispatch(self, batch: list[model.LeasedMessage]) -> None:
         for message in batch:
-            self._settled[message.message_id] = self._loop.create_future()
+            self._settled[_key(message)] = self._loop.create_future()
         task = asyncio.create_task(self._run_batch(batch))
         self._batches.add(task)
 
@@ -368,24 +393,24 @@ class Engine:
                 logger.exception("consumer of queue %r failed on a batch", self._queue)
             # A message the consumer left undecided is retried.
             for message in batch:
-                future = self._settled.get(message.message_id)
+                future = self._settled.get(_key(message))
                 if future is not None and not future.done() and not self._is_pending(message):
                     self._enqueue_decision(Decision(message, retry=True))
-            waiting = [self._settled[m.message_id] for m in batch if m.message_id in self._settled]
+            waiting = [self._settled[_key(m)] for m in batch if _key(m) in self._settled]
             if waiting:
                 await asyncio.wait(waiting)
         finally:
             for message in batch:
-                self._settled.pop(message.message_id, None)
-                self._held.pop(message.message_id, None)
-                self._pending_ids.discard(message.message_id)
+                self._settled.pop(_key(message), None)
+                self._held.pop(_key(message), None)
+                self._pending_ids.discard(_key(message))
             task = asyncio.current_task()
             if task is not None:
                 self._batches.discard(task)
             self._slot_free.set()
 
     def _is_pending(self, message: model.LeasedMessage) -> bool:
-        return message.message_id in self._pending_ids
+        return _key(message) in self._pending_ids
 
     def decide(self, decision: Decision) -> None:
         """Settle one message (from any thread); the first decision per message counts."""
@@ -395,11 +420,11 @@ class Engine:
             self._loop.call_soon_threadsafe(self._enqueue_decision, decision)
 
     def _enqueue_decision(self, decision: Decision) -> None:
-        future = self._settled.get(decision.message.message_id)
+        future = self._settled.get(_key(decision.message))
         if future is None or future.done() or self._is_pending(decision.message):
             return
         self._pending.append(decision)
-        self._pending_ids.add(decision.message.message_id)
+        self._pending_ids.add(_key(decision.message))
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
 
@@ -419,9 +444,9 @@ class Engine:
             self._resolve(decision.message)
 
     def _resolve(self, message: model.LeasedMessage) -> None:
-        self._held.pop(message.message_id, None)
-        self._pending_ids.discard(message.message_id)
-        future = self._settled.get(message.message_id)
+        self._held.pop(_key(message), None)
+        self._pending_ids.discard(_key(message))
+        future = self._settled.get(_key(message))
         if future is not None and not future.done():
             future.set_result(None)
 
@@ -443,10 +468,17 @@ class Engine:
                 logger.exception("could not renew leases")
                 continue
             for lease in held:
-                if lease.message_id not in kept and lease.message_id in self._held:
+                if lease.message_id not in kept and _key(lease) in self._held:
                     logger.warning(
                         "lost the lease on message %s while its handler runs", lease.message_id
                     )
+
+
+_Key = tuple[str, str]
+
+
+def _key(message: model.LeasedMessage) -> _Key:
+    return message.message_id, message.lease
 
 
 class HandlerRunner:

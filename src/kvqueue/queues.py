@@ -644,6 +644,7 @@ class AsyncQueue:
         pulled: list[PulledMessage] = []
         while True:
             looked_at = storage.clock.now_ms()
+            seen = storage.changes
             leased = await storage.lease(
                 self.stored_name, lease=lease, limit=size, lease_ms=timeout, max_leases=max_leases
             )
@@ -665,7 +666,9 @@ class AsyncQueue:
             remaining = deadline - storage.clock.now_ms()
             if pulled or remaining <= 0:
                 break
-            await storage.wait(self.stored_name, timeout_ms=remaining, after_ms=looked_at)
+            await storage.wait(
+                self.stored_name, timeout_ms=remaining, after_ms=looked_at, since=seen
+            )
         return PullResult(pulled, _metrics(await storage.stats(self.stored_name)))
 
     async def extend(self, lease_ids: Iterable[str], visibility_timeout_ms: int) -> list[str]:

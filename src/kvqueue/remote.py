@@ -222,7 +222,11 @@ class RemoteSource:
         except errors.KvQueueError:
             logger.exception("could not settle %d messages of %r", len(decisions), self._queue)
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None) -> None:
+    def changes(self) -> int:
+        """See :meth:`kvqueue.delivery.Source.changes`: the server tracks changes."""
+        return 0
+
+    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
         """See :meth:`kvqueue.delivery.Source.wait`: the next lease waits on the server."""
         self._wait_ms = max(0, min(timeout_ms, _LONG_POLL_MS))
 

@@ -26,6 +26,9 @@ class Storage(Protocol):
     #: The clock this storage measures expiry, delays and leases with.
     clock: Clock
 
+    #: The schema version before and after opening migrated the store.
+    schema_versions: tuple[int, int]
+
     async def read(self, ranges: Sequence[model.ReadRange]) -> list[list[model.StoredEntry]]:
         """Read every range from one consistent snapshot, skipping expired keys.
 
@@ -105,8 +108,19 @@ class Storage(Protocol):
         """
         ...
 
+    @property
+    def changes(self) -> int:
+        """A count of the change signals seen so far: read it before looking at a
+        queue and pass it to :meth:`wait` as ``since``."""
+        ...
+
     async def wait(
-        self, queue: str | None, *, timeout_ms: int, after_ms: int | None = None
+        self,
+        queue: str | None,
+        *,
+        timeout_ms: int,
+        after_ms: int | None = None,
+        since: int | None = None,
     ) -> None:
         """Return when something may have changed, or after ``timeout_ms``.
 
@@ -115,7 +129,10 @@ class Storage(Protocol):
         another, committed a change). With ``after_ms``, messages that were
         already visible at that clock time do not count: a consumer that was
         just refused them (its concurrency bound) waits for a change instead of
-        spinning. Without a queue: when any change may have been committed.
+        spinning. With ``since`` (a :attr:`changes` value read before the
+        caller looked), it returns at once if a change came after that look,
+        even within the same millisecond. Without a queue: when any change may
+        have been committed.
         ``timeout_ms`` is real time: a safety net for a missed wake-up, not a
         schedule. Only a hint: callers re-check, and correctness never depends
         on it.

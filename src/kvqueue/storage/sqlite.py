@@ -27,14 +27,24 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 from kvqueue import errors, model, values
 from kvqueue.clock import Clock, SystemClock
 from kvqueue.model import MutationKind, ValueEncoding
+from kvqueue.storage.common import (
+    QUEUE_COLUMNS,
+    CheckFailed,
+    Signal,
+    check_schema_version,
+    migration_scripts,
+    queue_record,
+    settings_row,
+    version_of,
+    versionstamp,
+    wait_for_queue,
+)
 from kvqueue.storage.filewatch import FileWatch
-from kvqueue.waiting import first_of
 
 T = TypeVar("T")
 
@@ -112,12 +122,8 @@ SELECT count(*) FROM messages WHERE queue = ? AND lease IS NOT NULL AND visible_
 SQL_MESSAGES_EXPIRED = """
 DELETE FROM messages WHERE queue = ? AND enqueued_at <= ?
 """
-SQL_QUEUE_COLUMNS = """
-name, id, created_at, modified_at, delivery_delay, retention, paused, max_backlog,
-max_backlog_bytes, consumer
-"""
-SQL_QUEUE_GET = f"SELECT {SQL_QUEUE_COLUMNS} FROM queues WHERE name = ?"
-SQL_QUEUE_ALL = f"SELECT {SQL_QUEUE_COLUMNS} FROM queues ORDER BY name"
+SQL_QUEUE_GET = f"SELECT {QUEUE_COLUMNS} FROM queues WHERE name = ?"
+SQL_QUEUE_ALL = f"SELECT {QUEUE_COLUMNS} FROM queues ORDER BY name"
 SQL_QUEUE_LIMITS = """
 SELECT delivery_delay, max_backlog, max_backlog_bytes FROM queues WHERE name = ?
 """
@@ -147,21 +153,6 @@ SQL_QUEUE_DEAD_LETTERED = "UPDATE queues SET dead_lettered = dead_lettered + 1 W
 SQL_QUEUE_COUNTERS = "SELECT retried, dead_lettered FROM queues WHERE name = ?"
 
 
-class _CheckFailed(Exception):
-    """A check or compare-and-set inside a write did not hold: the write is undone."""
-
-
-def _versionstamp(version: int) -> bytes:
-    return version.to_bytes(8, "big") + b"\x00\x00"
-
-
-def _version(versionstamp: bytes) -> int | None:
-    # A versionstamp this database did not hand out can never match a key.
-    if len(versionstamp) != 10 or versionstamp[8:] != b"\x00\x00":
-        return None
-    return int.from_bytes(versionstamp[:8], "big")
-
-
 def _connect(path: str, *, durable: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
@@ -171,21 +162,19 @@ def _connect(path: str, *, durable: bool) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    scripts = sorted(
-        (item.name, item.read_text("utf-8"))
-        for item in resources.files("kvqueue.storage.sql.sqlite").iterdir()
-        if item.name.endswith(".sql")
-    )
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
+def _migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the file's schema up to date; returns its versions before and after."""
+    scripts = migration_scripts("kvqueue.storage.sql.sqlite")
+    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    check_schema_version(current, len(scripts), "this SQLite file")
     if current >= len(scripts):
-        return
+        return current, current
     # Several processes may open a new file at once: the write lock makes one
     # of them migrate, and the others see its user_version when they get it.
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, (_, script) in enumerate(scripts, start=1):
+        for number, script in enumerate(scripts, start=1):
             if number > current:
                 for statement in _split_statements(script):
                     conn.execute(statement)
@@ -194,6 +183,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return current, len(scripts)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -284,7 +274,7 @@ class _Writer:
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op(txn)
-                except _CheckFailed:
+                except CheckFailed:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((future, None, None))
@@ -332,20 +322,6 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
-class _Signal:
-    """A broadcast: everyone waiting on the current event wakes when it fires."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-
 class SqliteStorage:
     """A database in one SQLite file (see the module docstring for how it writes)."""
 
@@ -366,34 +342,39 @@ class SqliteStorage:
         self.path = path
         self._durable = durable
         self._closed = False
-        self._signal = _Signal()
+        self._signal = Signal()
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="kvqueue-reader")
         self._writer: _Writer | None = None
         self._watch: FileWatch | None = None
+        #: The schema version before and after :meth:`open` migrated the file.
+        self.schema_versions = (0, 0)
 
     @classmethod
     async def open(cls, path: str, *, clock: Clock | None = None) -> SqliteStorage:
         """Open (creating if needed) the database file at ``path`` or ``:memory:``."""
         storage = cls(path, clock=clock)
         try:
-            await asyncio.to_thread(storage._prepare)
+            storage.schema_versions = await asyncio.to_thread(storage._prepare)
         except sqlite3.Error as exc:
             storage._pool.shutdown()
             raise errors.StorageError(f"cannot open {path!r}: {exc}") from exc
+        except BaseException:
+            storage._pool.shutdown()
+            raise
         storage._writer = _Writer(
             storage.path, storage._durable, storage.clock, storage._signal.fire
         )
         storage._watch = FileWatch(storage.path + "-wal", storage._signal.fire)
         return storage
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> tuple[int, int]:
         conn = _connect(self.path, durable=self._durable)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            _migrate(conn)
+            return _migrate(conn)
         finally:
             conn.close()
 
@@ -443,7 +424,7 @@ class SqliteStorage:
                 rows = conn.execute(sql, (r.start, r.end, now, r.limit)).fetchall()
                 out.append(
                     [
-                        model.StoredEntry(k, v, ValueEncoding(e), _versionstamp(ver))
+                        model.StoredEntry(k, v, ValueEncoding(e), versionstamp(ver))
                         for k, v, e, ver in rows
                     ]
                 )
@@ -505,9 +486,9 @@ class SqliteStorage:
 
         def run(conn: sqlite3.Connection, now: int) -> list[model.QueueRecord]:
             if names is None:
-                return [_queue_record(row) for row in conn.execute(SQL_QUEUE_ALL)]
+                return [queue_record(row) for row in conn.execute(SQL_QUEUE_ALL)]
             rows = (conn.execute(SQL_QUEUE_GET, (name,)).fetchone() for name in names)
-            return [_queue_record(row) for row in rows if row is not None]
+            return [queue_record(row) for row in rows if row is not None]
 
         return await self._read(run)
 
@@ -534,30 +515,39 @@ class SqliteStorage:
 
         return await self._read(run)
 
+    @property
+    def changes(self) -> int:
+        """See :attr:`kvqueue.storage.base.Storage.changes`."""
+        return self._signal.fired
+
     async def wait(
-        self, queue: str | None, *, timeout_ms: int, after_ms: int | None = None
+        self,
+        queue: str | None,
+        *,
+        timeout_ms: int,
+        after_ms: int | None = None,
+        since: int | None = None,
     ) -> None:
         """See :meth:`kvqueue.storage.base.Storage.wait`."""
-        # Take the event before looking, so a commit landing after the look wakes us.
-        event = self._signal.current()
-        due_in: int | None = None
+        next_visible = None
         if queue is not None:
-            since = -1 if after_ms is None else after_ms
-            next_visible = await self._read(
-                lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[
-                    0
-                ]
-            )
-            if next_visible is not None:
-                due_in = next_visible - self.clock.now_ms()
-                if due_in <= 0:
-                    return
-        if due_in is None:
-            await first_of(event.wait(), asyncio.sleep(timeout_ms / 1000))
-        else:
-            await first_of(
-                event.wait(), asyncio.sleep(timeout_ms / 1000), self.clock.sleep(due_in / 1000)
-            )
+
+            async def next_visible(since: int) -> int | None:
+                found: int | None = await self._read(
+                    lambda conn, now: conn.execute(
+                        SQL_MESSAGE_NEXT_VISIBLE, (queue, since)
+                    ).fetchone()[0]
+                )
+                return found
+
+        await wait_for_queue(
+            self._signal,
+            self.clock,
+            next_visible,
+            timeout_ms=timeout_ms,
+            after_ms=after_ms,
+            since=since,
+        )
 
     async def purge_expired(self) -> int | None:
         """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""
@@ -602,12 +592,12 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
         if check.versionstamp is None:
             passed = row is None
         else:
-            passed = row is not None and row[0] == _version(check.versionstamp)
+            passed = row is not None and row[0] == version_of(check.versionstamp)
         if not passed:
-            raise _CheckFailed
+            raise CheckFailed
     for lease in write.lease_checks:
         if conn.execute(SQL_MESSAGE_LEASE_HELD, (lease.message_id, lease.lease)).fetchone() is None:
-            raise _CheckFailed
+            raise CheckFailed
     txn.version += 1
     version = txn.version
     for change in write.queue_changes:
@@ -626,7 +616,7 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
     if write.enqueues:
         _apply_enqueues(txn, write.enqueues)
     settled = tuple(_apply_settlement(txn, s) for s in write.settlements)
-    return model.Committed(_versionstamp(version), settled)
+    return model.Committed(versionstamp(version), settled)
 
 
 def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
@@ -680,22 +670,10 @@ def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
     return done > 0
 
 
-def _settings_row(
-    settings: model.QueueSettings,
-) -> tuple[int, int | None, int, int | None, int | None]:
-    return (
-        settings.delivery_delay_ms,
-        settings.retention_ms,
-        int(settings.paused),
-        settings.max_backlog,
-        settings.max_backlog_bytes,
-    )
-
-
 def _apply_queue_change(txn: _Txn, change: model.QueueChange) -> None:
     conn, now = txn.conn, txn.now
     if isinstance(change, model.CreateQueue):
-        row = (change.name, change.queue_id, now, now, *_settings_row(change.settings))
+        row = (change.name, change.queue_id, now, now, *settings_row(change.settings))
         if conn.execute(SQL_QUEUE_INSERT, row).rowcount == 0 and not change.if_absent:
             raise errors.QueueExists(change.name)
         return
@@ -703,16 +681,16 @@ def _apply_queue_change(txn: _Txn, change: model.QueueChange) -> None:
         current = conn.execute(SQL_QUEUE_SETTINGS, (change.name,)).fetchone()
         if current is None:
             raise errors.QueueNotFound(change.name)
-        if tuple(current) != _settings_row(change.expect):
-            raise _CheckFailed
-        conn.execute(SQL_QUEUE_UPDATE, (now, *_settings_row(change.settings), change.name))
+        if tuple(current) != settings_row(change.expect):
+            raise CheckFailed
+        conn.execute(SQL_QUEUE_UPDATE, (now, *settings_row(change.settings), change.name))
         return
     if isinstance(change, model.SetConsumer):
         current = conn.execute(SQL_QUEUE_CONSUMER, (change.name,)).fetchone()
         if current is None:
             raise errors.QueueNotFound(change.name)
         if current[0] != change.expect:
-            raise _CheckFailed
+            raise CheckFailed
         conn.execute(SQL_QUEUE_SET_CONSUMER, (change.consumer, now, change.name))
         return
     if conn.execute(SQL_QUEUE_LIMITS, (change.name,)).fetchone() is None:
@@ -721,26 +699,3 @@ def _apply_queue_change(txn: _Txn, change: model.QueueChange) -> None:
     if isinstance(change, model.DeleteQueue):
         conn.execute(SQL_QUEUE_DELETE, (change.name,))
         conn.execute(SQL_BACKLOG_DELETE, (change.name,))
-
-
-def _queue_record(row: Sequence[Any]) -> model.QueueRecord:
-    (
-        name,
-        queue_id,
-        created,
-        modified,
-        delay,
-        retention,
-        paused,
-        backlog,
-        backlog_bytes,
-        consumer,
-    ) = row
-    return model.QueueRecord(
-        name,
-        queue_id,
-        created,
-        modified,
-        model.QueueSettings(delay, retention, bool(paused), backlog, backlog_bytes),
-        consumer,
-    )

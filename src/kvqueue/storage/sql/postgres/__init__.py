@@ -1,0 +1,1 @@
+"""The PostgreSQL schema, one numbered script per version."""

@@ -1,0 +1,227 @@
+"""What only PostgreSQL has to prove: migrations under concurrency, leasing across
+connections, the server's clock, and staying up while the server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import kvqueue
+from kvqueue import errors
+from kvqueue.clock import SystemClock
+from kvqueue.storage.common import migration_scripts
+from kvqueue.storage.postgres import ServerClock
+from tests.postgres import running_cluster
+
+SCRIPTS = len(migration_scripts("kvqueue.storage.sql.postgres"))
+KVQUEUE = str(Path(sys.executable).parent / "kvqueue")
+
+
+def _one(url: str, sql: str) -> object:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql.encode()).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_many_processes_opening_a_new_schema_at_once_migrate_it_once(pg_url: str) -> None:
+    """Eight databases opened at the same moment on an empty schema: all open, the schema is
+    made once (one version row, one KV queue), and every one of them works."""
+    opened = await asyncio.gather(*(kvqueue.open_async(pg_url) for _ in range(8)))
+    try:
+        assert sorted(db.storage.schema_versions for db in opened).count((0, SCRIPTS)) == 1
+        assert _one(pg_url, "SELECT count(*) FROM kvqueue_schema") == 1
+        assert _one(pg_url, "SELECT version FROM kvqueue_schema") == SCRIPTS
+        assert _one(pg_url, "SELECT count(*) FROM kvqueue_queues WHERE name = '~kv'") == 1
+        await asyncio.gather(*(db.set(("opened", i), i) for i, db in enumerate(opened)))
+        assert [e.value async for e in opened[0].list(("opened",))] == list(range(8))
+    finally:
+        await asyncio.gather(*(db.close() for db in opened))
+
+
+def test_kvqueue_migrate_creates_the_schema_then_says_it_is_up_to_date(pg_url: str) -> None:
+    """`kvqueue migrate --db URL` makes the schema on first run and changes nothing after."""
+    first = subprocess.run(
+        [KVQUEUE, "migrate", "--db", pg_url], capture_output=True, text=True, timeout=60
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"from schema version 0 to {SCRIPTS}" in first.stdout
+    again = subprocess.run(
+        [KVQUEUE, "migrate", "--db", pg_url], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"is up to date (schema version {SCRIPTS})" in again.stdout
+
+
+async def test_a_schema_newer_than_this_kvqueue_is_refused(pg_url: str) -> None:
+    """A database migrated by a later kvqueue is not opened (and not touched)."""
+    await (await kvqueue.open_async(pg_url)).close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE kvqueue_schema SET version = 99")
+    with pytest.raises(errors.StorageError, match="schema version 99, newer than"):
+        await kvqueue.open_async(pg_url)
+    assert _one(pg_url, "SELECT version FROM kvqueue_schema") == 99
+
+
+async def test_a_wrong_address_is_one_clear_storage_error() -> None:
+    """Nothing listens there: open fails with a StorageError naming the database, no password."""
+    with socket_free_port() as port:
+        url = f"postgresql://someone:secret@127.0.0.1:{port}/app?connect_timeout=2"
+    with pytest.raises(errors.StorageError) as caught:
+        await kvqueue.open_async(url)
+    assert "'app'" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+class socket_free_port:
+    """A port nobody listens on (bound, then released on exit)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+async def test_consumers_on_separate_connections_never_share_a_message(pg_url: str) -> None:
+    """Six databases (six connection pools) pull one queue at once: each of 600 messages is
+    handed out exactly once while the leases are held."""
+    producer = await kvqueue.open_async(pg_url)
+    await producer.queues.create("jobs")
+    for start in range(0, 600, 100):
+        await producer.queue("jobs").send_batch(list(range(start, start + 100)))
+    consumers = [await kvqueue.open_async(pg_url) for _ in range(6)]
+    taken: list[list[int]] = [[] for _ in consumers]
+
+    async def pull_all(index: int, db: kvqueue.AsyncDatabase) -> None:
+        while True:
+            pulled = await db.queue("jobs").pull(batch_size=7, visibility_timeout_ms=60_000)
+            if not pulled.messages:
+                return
+            taken[index].extend(m.body for m in pulled.messages)
+
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(pull_all(i, db) for i, db in enumerate(consumers))), 60
+        )
+    finally:
+        await asyncio.gather(*(db.close() for db in consumers))
+        await producer.close()
+    everything = [body for bodies in taken for body in bodies]
+    assert sorted(everything) == list(range(600)), "a message was handed out twice or never"
+    assert sum(1 for bodies in taken if bodies) >= 2, "the pulls did not actually overlap"
+
+
+async def test_the_storage_clock_is_the_database_servers(pg_url: str) -> None:
+    """A machine whose own clock is an hour fast still measures leases on the server's clock."""
+
+    class HourFast(SystemClock):
+        def now_ms(self) -> int:
+            return super().now_ms() + 3_600_000
+
+    clock = ServerClock(HourFast())
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        await clock.sync(conn)
+        row = await (
+            await conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+        ).fetchone()
+    assert row is not None
+    assert abs(clock.now_ms() - row[0]) < 1_000
+    async with await kvqueue.open_async(pg_url) as db:
+        assert isinstance(db.clock, ServerClock)
+
+
+def test_a_worker_and_producers_carry_on_through_a_server_restart(tmp_path: Path) -> None:
+    """PostgreSQL restarts twice under load (every connection dropped): the producer goes on
+    sending (retrying what raised), the `kvqueue worker` process keeps running, and every send
+    that returned is handled."""
+    app = tmp_path / "restartapp.py"
+    app.write_text(
+        "import sys, kvqueue\n"
+        "worker = kvqueue.Worker()\n"
+        "@worker.consumer('jobs', max_batch_size=20, max_batch_timeout=0.01)\n"
+        "def handle(batch):\n"
+        "    for m in batch.messages:\n"
+        "        sys.stdout.write(f'handled {m.body}\\n')\n"
+        "    sys.stdout.flush()\n"
+    )
+    with running_cluster() as cluster:
+        url = cluster.new_database()
+        with kvqueue.open(url) as db:
+            db.queues.create("jobs")
+        worker = subprocess.Popen(
+            [KVQUEUE, "worker", "restartapp:worker", "--db", url, "--log-level", "WARNING"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        handled: set[int] = set()
+
+        def read() -> None:
+            assert worker.stdout is not None
+            for line in worker.stdout:
+                handled.add(int(line.split()[1]))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sent: list[int] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            with kvqueue.open(url) as db:
+                queue = db.queue("jobs")
+                number = 0
+                while not stop.is_set() and number < 20_000:
+                    try:
+                        queue.send(number)
+                    except errors.StorageError:
+                        stop.wait(0.05)
+                        continue
+                    sent.append(number)
+                    number += 1
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        started = [_one(url, "SELECT pg_postmaster_start_time()")]
+        try:
+            for _ in range(2):
+                deadline = time.monotonic() + 30
+                before = len(sent)
+                while len(sent) < before + 200:
+                    assert time.monotonic() < deadline, "producer stalled"
+                    stop.wait(0.01)
+                cluster.restart()
+                started.append(_one(url, "SELECT pg_postmaster_start_time()"))
+            before = len(sent)
+            deadline = time.monotonic() + 30
+            while len(sent) < before + 200:
+                assert time.monotonic() < deadline, "producer did not recover"
+                stop.wait(0.01)
+            stop.set()
+            producer.join(60)
+            deadline = time.monotonic() + 60
+            while not set(sent) <= handled:
+                assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+                assert time.monotonic() < deadline, f"{len(set(sent) - handled)} never handled"
+                time.sleep(0.02)
+            assert worker.poll() is None, "the worker died with the database"
+        finally:
+            stop.set()
+            producer.join(60)
+            worker.terminate()
+            _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert len(set(started)) == 3, "the server did not restart"
