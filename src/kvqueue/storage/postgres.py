@@ -32,7 +32,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -40,9 +39,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from kvqueue import errors, model, values
+from kvqueue import errors, model
 from kvqueue.clock import Clock, SystemClock
-from kvqueue.model import MutationKind, ValueEncoding
+from kvqueue.model import ValueEncoding
 from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
@@ -50,11 +49,10 @@ from kvqueue.storage.common import (
     check_schema_version,
     migration_scripts,
     queue_record,
-    settings_row,
-    version_of,
     versionstamp,
     wait_for_queue,
 )
+from kvqueue.storage.postgres_writes import Txn, apply_sends, apply_write, is_plain_send, scalar
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[Any]
@@ -79,21 +77,11 @@ SQL_MIGRATION_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('kvqueue-migrate:' || current_schema(), 0))"
 )
 SQL_SERVER_NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-SQL_META_BUMP = "UPDATE kvqueue_meta SET version = version + %s WHERE id = 0 RETURNING version"
-SQL_KV_LIVE_VERSIONS = """
-SELECT key, version FROM kvqueue_kv
-WHERE key = ANY(%s) AND (expires_at IS NULL OR expires_at > %s)
+# BEGIN and the version-row lock in one round trip (a literal count: no parameters
+# are allowed with two statements).
+SQL_BEGIN_BUMP = """
+BEGIN; UPDATE kvqueue_meta SET version = version + {} WHERE id = 0 RETURNING version
 """
-SQL_KV_LIVE_VALUE = """
-SELECT value, encoding FROM kvqueue_kv
-WHERE key = %s AND (expires_at IS NULL OR expires_at > %s)
-"""
-SQL_KV_SET = """
-INSERT INTO kvqueue_kv (key, value, encoding, version, expires_at) VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding,
-  version = excluded.version, expires_at = excluded.expires_at
-"""
-SQL_KV_DELETE = "DELETE FROM kvqueue_kv WHERE key = %s"
 SQL_KV_RANGE = """
 SELECT key, value, encoding, version FROM kvqueue_kv
 WHERE key >= %s AND key < %s AND (expires_at IS NULL OR expires_at > %s)
@@ -106,16 +94,6 @@ ORDER BY key DESC LIMIT %s
 """
 SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND expires_at <= %s"
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
-SQL_MESSAGES_INSERT = """
-INSERT INTO kvqueue_messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::bigint[],
-                     %s::bigint[], %s::bytea[])
-"""
-SQL_QUEUES_LIMITS = """
-SELECT name, delivery_delay, max_backlog, max_backlog_bytes FROM kvqueue_queues
-WHERE name = ANY(%s)
-"""
-SQL_QUEUES_BACKLOG = "SELECT queue, count, bytes FROM kvqueue_backlog WHERE queue = ANY(%s)"
 SQL_LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 SQL_LEASES_HELD = """
 SELECT count(DISTINCT lease) FROM kvqueue_messages
@@ -136,26 +114,6 @@ FROM unnest(%s::text[], %s::text[]) AS held(id, lease)
 WHERE m.id = held.id AND m.lease = held.lease
 RETURNING m.id
 """
-# FOR SHARE: a lease checked here cannot be taken by another consumer before we commit.
-SQL_LEASES_CHECK = """
-SELECT count(*) FROM (
-  SELECT 1 FROM kvqueue_messages AS m
-  JOIN unnest(%s::text[], %s::text[]) AS held(id, lease)
-    ON m.id = held.id AND m.lease = held.lease
-  FOR SHARE OF m
-) AS found
-"""
-SQL_MESSAGES_ACK = "DELETE FROM kvqueue_messages WHERE queue = %s AND id = ANY(%s) RETURNING id"
-SQL_MESSAGE_RETRY = """
-UPDATE kvqueue_messages SET visible_at = %s, lease = NULL
-WHERE id = %s AND lease = %s AND queue = %s
-"""
-SQL_MESSAGE_MOVE = """
-UPDATE kvqueue_messages SET queue = %s, attempts = 0, lease = NULL, visible_at = %s,
-  attributes = NULL
-WHERE id = %s AND lease = %s AND queue = %s
-"""
-SQL_MESSAGE_DROP = "DELETE FROM kvqueue_messages WHERE id = %s AND lease = %s AND queue = %s"
 SQL_MESSAGE_NEXT_VISIBLE = """
 SELECT min(visible_at) FROM kvqueue_messages WHERE queue = %s AND visible_at > %s
 """
@@ -164,43 +122,19 @@ SELECT id, body, content_type, enqueued_at, attempts, attributes FROM kvqueue_me
 WHERE queue = %s ORDER BY visible_at, seq LIMIT %s
 """
 SQL_MESSAGE_OLDEST = "SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = %s"
-SQL_MESSAGE_IN_FLIGHT = """
-SELECT count(*) FROM kvqueue_messages
-WHERE queue = %s AND lease IS NOT NULL AND visible_at > %s
+# One statement, so one snapshot and one round trip.
+SQL_QUEUE_STATS = """
+SELECT q.retried, q.dead_lettered, coalesce(b.count, 0), coalesce(b.bytes, 0),
+  (SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = q.name),
+  (SELECT count(*) FROM kvqueue_messages
+   WHERE queue = q.name AND lease IS NOT NULL AND visible_at > %s)
+FROM kvqueue_queues AS q LEFT JOIN kvqueue_backlog AS b ON b.queue = q.name
+WHERE q.name = %s
 """
 SQL_MESSAGES_EXPIRED = "DELETE FROM kvqueue_messages WHERE queue = %s AND enqueued_at <= %s"
 SQL_QUEUE_GET = f"SELECT {QUEUE_COLUMNS} FROM kvqueue_queues WHERE name = ANY(%s) ORDER BY name"
 SQL_QUEUE_ALL = f"SELECT {QUEUE_COLUMNS} FROM kvqueue_queues ORDER BY name"
-SQL_QUEUE_EXISTS = "SELECT 1 FROM kvqueue_queues WHERE name = %s"
 SQL_QUEUE_RETAINED = "SELECT name, retention FROM kvqueue_queues WHERE retention IS NOT NULL"
-SQL_QUEUE_INSERT = """
-INSERT INTO kvqueue_queues (name, id, created_at, modified_at, delivery_delay, retention,
-  paused, max_backlog, max_backlog_bytes)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (name) DO NOTHING
-"""
-SQL_QUEUE_UPDATE = """
-UPDATE kvqueue_queues SET modified_at = %s, delivery_delay = %s, retention = %s, paused = %s,
-  max_backlog = %s, max_backlog_bytes = %s
-WHERE name = %s
-"""
-SQL_QUEUE_SETTINGS = """
-SELECT delivery_delay, retention, paused, max_backlog, max_backlog_bytes FROM kvqueue_queues
-WHERE name = %s FOR UPDATE
-"""
-SQL_QUEUE_CONSUMER = "SELECT consumer FROM kvqueue_queues WHERE name = %s FOR UPDATE"
-SQL_QUEUE_SET_CONSUMER = """
-UPDATE kvqueue_queues SET consumer = %s, modified_at = %s WHERE name = %s
-"""
-SQL_QUEUE_DELETE = "DELETE FROM kvqueue_queues WHERE name = %s"
-SQL_QUEUE_PURGE = "DELETE FROM kvqueue_messages WHERE queue = %s"
-SQL_BACKLOG_DELETE = "DELETE FROM kvqueue_backlog WHERE queue = %s"
-SQL_QUEUE_RETRIED = "UPDATE kvqueue_queues SET retried = retried + 1 WHERE name = %s"
-SQL_QUEUE_DEAD_LETTERED = """
-UPDATE kvqueue_queues SET dead_lettered = dead_lettered + 1 WHERE name = %s
-"""
-SQL_QUEUE_COUNTERS = "SELECT retried, dead_lettered FROM kvqueue_queues WHERE name = %s"
-SQL_QUEUE_BACKLOG = "SELECT count, bytes FROM kvqueue_backlog WHERE queue = %s"
 
 
 class ServerClock:
@@ -265,16 +199,9 @@ async def migrate(conn: Connection) -> tuple[int, int]:
     return current, max(current, len(scripts))
 
 
-@dataclass(slots=True)
-class _Txn:
-    conn: Connection
-    now: int
-    version: int
-    changed: bool = False
-
-
-_Op = Callable[[_Txn], Awaitable[Any]]
-_Pending = tuple[_Op, "asyncio.Future[Any]"]
+_Op = Callable[[Txn], Awaitable[Any]]
+# An operation, its caller's future, and the atomic write it applies (if it is one).
+_Pending = tuple[_Op, "asyncio.Future[Any]", model.AtomicWrite | None]
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -377,11 +304,11 @@ class PostgresStorage:
             await self._pool.check()
         raise AssertionError("unreachable")
 
-    def _write(self, op: _Op) -> asyncio.Future[Any]:
+    def _write(self, op: _Op, write: model.AtomicWrite | None = None) -> asyncio.Future[Any]:
         if self._closed:
             raise errors.DatabaseClosed()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait((op, future))
+        self._pending.put_nowait((op, future, write))
         return future
 
     async def _write_loop(self) -> None:
@@ -412,7 +339,7 @@ class PostgresStorage:
         """Commit a group; returns each caller's outcome and whether anything changed."""
 
         def failed(error: BaseException) -> tuple[list[_Outcome], bool]:
-            return [(future, None, error) for _, future in batch], False
+            return [(future, None, error) for _, future, _ in batch], False
 
         for attempt in (1, 2):
             try:
@@ -439,14 +366,25 @@ class PostgresStorage:
         raise AssertionError("unreachable")
 
     async def _apply(self, conn: Connection, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
+        alone = len(batch) == 1
         outcomes: list[_Outcome] = []
-        await conn.execute("BEGIN")
+        cursor = await conn.execute(sql.SQL(SQL_BEGIN_BUMP).format(sql.Literal(len(batch))))
         try:
-            row = await (await conn.execute(SQL_META_BUMP, (len(batch),))).fetchone()
+            cursor.nextset()
+            row = await cursor.fetchone()
             assert row is not None
-            txn = _Txn(conn, self.clock.now_ms(), int(row[0]) - len(batch))
-            alone = len(batch) == 1
-            for op, future in batch:
+            txn = Txn(conn, self.clock.now_ms(), int(row[0]) - len(batch))
+            start = 0
+            while start < len(batch):
+                end = start
+                while end < len(batch) and (write := batch[end][2]) and is_plain_send(write):
+                    end += 1
+                if end - start > 1 or (alone and end > start):
+                    outcomes += await self._apply_sends(txn, batch[start:end], alone=alone)
+                    start = end
+                    continue
+                op, future, _ = batch[start]
+                start += 1
                 if not alone:
                     await conn.execute("SAVEPOINT op")
                 try:
@@ -464,20 +402,64 @@ class PostgresStorage:
                     if not alone:
                         await conn.execute("RELEASE SAVEPOINT op")
                     outcomes.append((future, result, None))
-            if txn.changed:
-                await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, self._origin))
         except BaseException:
             if not conn.broken:
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")
             raise
+        # The NOTIFY is delivered at COMMIT; both in one round trip.
+        end_sql = (
+            sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
+                sql.Literal(self._channel), sql.Literal(self._origin)
+            )
+            if txn.changed
+            else sql.SQL("COMMIT")
+        )
         try:
-            await conn.execute("COMMIT")
+            await conn.execute(end_sql)
         except psycopg.Error as exc:
             if conn.broken:
                 raise _Committing(exc) from exc
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
             raise
         return outcomes, txn.changed
+
+    async def _apply_sends(self, txn: Txn, run: list[_Pending], *, alone: bool) -> list[_Outcome]:
+        """Enqueue-only writes of many callers: one INSERT, each still refused on its own.
+
+        If the INSERT itself fails (a duplicate message id, say), each write is
+        applied on its own so only the offending one fails.
+        """
+        writes = [write for _, _, write in run if write is not None]
+        if not alone:
+            await txn.conn.execute("SAVEPOINT sends")
+        try:
+            results = await apply_sends(txn, writes)
+        except psycopg.Error:
+            if txn.conn.broken or alone:
+                raise
+            await txn.conn.execute("ROLLBACK TO SAVEPOINT sends")
+            outcomes: list[_Outcome] = []
+            for op, future, _ in run:
+                await txn.conn.execute("SAVEPOINT op")
+                try:
+                    result = await op(txn)
+                except Exception as failed:
+                    if txn.conn.broken:
+                        raise
+                    await txn.conn.execute("ROLLBACK TO SAVEPOINT op")
+                    outcomes.append((future, None, _translate(failed)))
+                else:
+                    await txn.conn.execute("RELEASE SAVEPOINT op")
+                    outcomes.append((future, result, None))
+            return outcomes
+        if not alone:
+            await txn.conn.execute("RELEASE SAVEPOINT sends")
+        return [
+            (future, None, result) if isinstance(result, Exception) else (future, result, None)
+            for (_, future, _), result in zip(run, results, strict=True)
+        ]
 
     async def _listen_loop(self, listening: asyncio.Future[None]) -> None:
         failures = 0
@@ -538,7 +520,9 @@ class PostgresStorage:
 
     async def commit(self, write: model.AtomicWrite) -> model.Committed | None:
         """See :meth:`kvqueue.storage.base.Storage.commit`."""
-        result: model.Committed | None = await self._write(lambda txn: _apply_write(txn, write))
+        result: model.Committed | None = await self._write(
+            lambda txn: apply_write(txn, write), write
+        )
         return result
 
     async def lease(
@@ -583,7 +567,7 @@ class PostgresStorage:
     async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
         """See :meth:`kvqueue.storage.base.Storage.extend`."""
 
-        async def op(txn: _Txn) -> set[str]:
+        async def op(txn: Txn) -> set[str]:
             ids = [lease.message_id for lease in leases]
             names = [lease.lease for lease in leases]
             cursor = await txn.conn.execute(SQL_MESSAGES_EXTEND, (txn.now + lease_ms, ids, names))
@@ -612,23 +596,11 @@ class PostgresStorage:
         now = self.clock.now_ms()
 
         async def run(conn: Connection) -> model.QueueStats:
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                counters = await (await conn.execute(SQL_QUEUE_COUNTERS, (queue,))).fetchone()
-                if counters is None:
-                    raise errors.QueueNotFound(queue)
-                backlog = await (await conn.execute(SQL_QUEUE_BACKLOG, (queue,))).fetchone()
-                oldest = await (await conn.execute(SQL_MESSAGE_OLDEST, (queue,))).fetchone()
-                in_flight = await (
-                    await conn.execute(SQL_MESSAGE_IN_FLIGHT, (queue, now))
-                ).fetchone()
-            finally:
-                if not conn.broken:
-                    await conn.execute("COMMIT")
-            count, size = backlog or (0, 0)
-            assert oldest is not None
-            assert in_flight is not None
-            return model.QueueStats(count, size, oldest[0], in_flight[0], *counters)
+            row = await (await conn.execute(SQL_QUEUE_STATS, (now, queue))).fetchone()
+            if row is None:
+                raise errors.QueueNotFound(queue)
+            retried, dead_lettered, count, size, oldest, in_flight = row
+            return model.QueueStats(count, size, oldest, in_flight, retried, dead_lettered)
 
         return await self._run(run)
 
@@ -678,15 +650,15 @@ class PostgresStorage:
     async def purge_expired(self) -> int | None:
         """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""
 
-        async def op(txn: _Txn) -> int | None:
+        async def op(txn: Txn) -> int | None:
             conn, now = txn.conn, txn.now
             if (await conn.execute(SQL_KV_PURGE_EXPIRED, (now,))).rowcount:
                 txn.changed = True
-            due = [await _scalar(conn, SQL_KV_NEXT_EXPIRY)]
+            due = [await scalar(conn, SQL_KV_NEXT_EXPIRY)]
             for name, retention in await (await conn.execute(SQL_QUEUE_RETAINED)).fetchall():
                 if (await conn.execute(SQL_MESSAGES_EXPIRED, (name, now - retention))).rowcount:
                     txn.changed = True
-                oldest = await _scalar(conn, SQL_MESSAGE_OLDEST, (name,))
+                oldest = await scalar(conn, SQL_MESSAGE_OLDEST, (name,))
                 due.append(None if oldest is None else oldest + retention)
             known = [d for d in due if d is not None]
             return max(0, min(known) - now) if known else None
@@ -726,173 +698,3 @@ def _shown(url: str) -> str:
     except psycopg.Error:
         return "the PostgreSQL database"
     return f"PostgreSQL database {info.get('dbname', '?')!r} on {info.get('host', 'localhost')}"
-
-
-async def _scalar(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    row = await (await conn.execute(sql, params)).fetchone()
-    return None if row is None else row[0]
-
-
-async def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
-    conn, now = txn.conn, txn.now
-    if write.checks:
-        cursor = await conn.execute(SQL_KV_LIVE_VERSIONS, ([c.key for c in write.checks], now))
-        live = {bytes(key): version for key, version in await cursor.fetchall()}
-        for check in write.checks:
-            if check.versionstamp is None:
-                passed = check.key not in live
-            else:
-                passed = live.get(check.key) == version_of(check.versionstamp)
-            if not passed:
-                raise CheckFailed
-    if write.lease_checks:
-        ids = [lease.message_id for lease in write.lease_checks]
-        names = [lease.lease for lease in write.lease_checks]
-        if await _scalar(conn, SQL_LEASES_CHECK, (ids, names)) != len(ids):
-            raise CheckFailed
-    txn.version += 1
-    txn.changed = True
-    version = txn.version
-    for change in write.queue_changes:
-        await _apply_queue_change(txn, change)
-    for m in write.mutations:
-        if m.kind is MutationKind.SET:
-            expires = None if m.expire_in_ms is None else now + m.expire_in_ms
-            await conn.execute(SQL_KV_SET, (m.key, m.value, int(m.encoding), version, expires))
-        elif m.kind is MutationKind.DELETE:
-            await conn.execute(SQL_KV_DELETE, (m.key,))
-        else:
-            row = await (await conn.execute(SQL_KV_LIVE_VALUE, (m.key, now))).fetchone()
-            current = None if row is None else (bytes(row[0]), row[1])
-            combined = values.combine_u64(m.kind, current, m.value)
-            # Like Deno, arithmetic clears an expiry set earlier.
-            await conn.execute(
-                SQL_KV_SET, (m.key, combined, int(ValueEncoding.LE64), version, None)
-            )
-    if write.enqueues:
-        await _apply_enqueues(txn, write.enqueues)
-    settled = await _apply_settlements(txn, write.settlements)
-    return model.Committed(versionstamp(version), settled)
-
-
-async def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
-    conn, now = txn.conn, txn.now
-    names = list(dict.fromkeys(e.queue for e in enqueues))
-    cursor = await conn.execute(SQL_QUEUES_LIMITS, (names,))
-    limits = {row[0]: row[1:] for row in await cursor.fetchall()}
-    for name in names:
-        if name not in limits:
-            raise errors.QueueNotFound(name)
-    visible = [now + (limits[e.queue][0] if e.delay_ms is None else e.delay_ms) for e in enqueues]
-    await conn.execute(
-        SQL_MESSAGES_INSERT,
-        (
-            [e.queue for e in enqueues],
-            [e.message_id for e in enqueues],
-            [e.body for e in enqueues],
-            [e.content_type for e in enqueues],
-            [now] * len(enqueues),
-            visible,
-            [e.attributes for e in enqueues],
-        ),
-    )
-    # Checked once per queue after all inserts: the totals are what must fit.
-    bounds: dict[str, tuple[int | None, int | None]] = {}
-    for name in names:
-        _, max_backlog, max_bytes = limits[name]
-        explicit = [e.max_backlog for e in enqueues if e.queue == name and e.max_backlog]
-        if explicit:
-            max_backlog = explicit[0]
-        if max_backlog is not None or max_bytes is not None:
-            bounds[name] = (max_backlog, max_bytes)
-    if not bounds:
-        return
-    cursor = await conn.execute(SQL_QUEUES_BACKLOG, (list(bounds),))
-    for name, count, size in await cursor.fetchall():
-        max_backlog, max_bytes = bounds[name]
-        if max_backlog is not None and count > max_backlog:
-            raise errors.QueueFull(name, max_backlog)
-        if max_bytes is not None and size > max_bytes:
-            raise errors.QueueFull(name, max_bytes, unit="bytes of undelivered messages")
-
-
-async def _apply_settlements(
-    txn: _Txn, settlements: Sequence[model.Settlement]
-) -> tuple[bool, ...]:
-    """Apply settlements in order; runs of acks on one queue take one statement."""
-    found: list[bool] = []
-    acks: list[model.Ack] = []
-
-    async def flush() -> None:
-        if not acks:
-            return
-        cursor = await txn.conn.execute(
-            SQL_MESSAGES_ACK, (acks[0].queue, [a.message_id for a in acks])
-        )
-        gone = {row[0] for row in await cursor.fetchall()}
-        found.extend(a.message_id in gone for a in acks)
-        acks.clear()
-
-    for s in settlements:
-        if isinstance(s, model.Ack):
-            if (acks and acks[0].queue != s.queue) or s.message_id in {a.message_id for a in acks}:
-                await flush()
-            acks.append(s)
-            continue
-        await flush()
-        found.append(await _apply_settlement(txn, s))
-    await flush()
-    return tuple(found)
-
-
-async def _apply_settlement(txn: _Txn, s: model.Retry | model.DeadLetter) -> bool:
-    conn, now = txn.conn, txn.now
-    if isinstance(s, model.Retry):
-        cursor = await conn.execute(
-            SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease, s.queue)
-        )
-        if cursor.rowcount:
-            await conn.execute(SQL_QUEUE_RETRIED, (s.queue,))
-        return cursor.rowcount > 0
-    if s.to_queue is None:
-        cursor = await conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease, s.queue))
-    else:
-        if await _scalar(conn, SQL_QUEUE_EXISTS, (s.to_queue,)) is None:
-            raise errors.QueueNotFound(s.to_queue)
-        moved = (s.to_queue, now, s.message_id, s.lease, s.queue)
-        cursor = await conn.execute(SQL_MESSAGE_MOVE, moved)
-    if cursor.rowcount:
-        await conn.execute(SQL_QUEUE_DEAD_LETTERED, (s.queue,))
-    return cursor.rowcount > 0
-
-
-async def _apply_queue_change(txn: _Txn, change: model.QueueChange) -> None:
-    conn, now = txn.conn, txn.now
-    if isinstance(change, model.CreateQueue):
-        row = (change.name, change.queue_id, now, now, *settings_row(change.settings))
-        if (await conn.execute(SQL_QUEUE_INSERT, row)).rowcount == 0 and not change.if_absent:
-            raise errors.QueueExists(change.name)
-        return
-    if isinstance(change, model.UpdateQueue):
-        current = await (await conn.execute(SQL_QUEUE_SETTINGS, (change.name,))).fetchone()
-        if current is None:
-            raise errors.QueueNotFound(change.name)
-        if tuple(current) != settings_row(change.expect):
-            raise CheckFailed
-        await conn.execute(SQL_QUEUE_UPDATE, (now, *settings_row(change.settings), change.name))
-        return
-    if isinstance(change, model.SetConsumer):
-        current = await (await conn.execute(SQL_QUEUE_CONSUMER, (change.name,))).fetchone()
-        if current is None:
-            raise errors.QueueNotFound(change.name)
-        stored = None if current[0] is None else bytes(current[0])
-        if stored != change.expect:
-            raise CheckFailed
-        await conn.execute(SQL_QUEUE_SET_CONSUMER, (change.consumer, now, change.name))
-        return
-    if await _scalar(conn, SQL_QUEUE_EXISTS, (change.name,)) is None:
-        raise errors.QueueNotFound(change.name)
-    await conn.execute(SQL_QUEUE_PURGE, (change.name,))
-    if isinstance(change, model.DeleteQueue):
-        await conn.execute(SQL_QUEUE_DELETE, (change.name,))
-        await conn.execute(SQL_BACKLOG_DELETE, (change.name,))

@@ -1,0 +1,339 @@
+"""How an atomic write is applied to PostgreSQL, inside the writer's transaction.
+
+The mechanics of :meth:`kvqueue.storage.base.Storage.commit` for PostgreSQL:
+checks, queue changes, mutations, enqueues and settlements, each as few round
+trips as it can (arrays with ``unnest``/``ANY``), and many enqueue-only writes
+of concurrent callers folded into one INSERT. Policy is decided above the
+storage boundary; nothing here chooses a delay or a dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from kvqueue import errors, model, values
+from kvqueue.model import MutationKind, ValueEncoding
+from kvqueue.storage.common import CheckFailed, settings_row, version_of, versionstamp
+
+Connection = psycopg.AsyncConnection[Any]
+
+# --- SQL ----------------------------------------------------------------------
+SQL_KV_LIVE_VERSIONS = """
+SELECT key, version FROM kvqueue_kv
+WHERE key = ANY(%s) AND (expires_at IS NULL OR expires_at > %s)
+"""
+SQL_KV_LIVE_VALUE = """
+SELECT value, encoding FROM kvqueue_kv
+WHERE key = %s AND (expires_at IS NULL OR expires_at > %s)
+"""
+SQL_KV_SET = """
+INSERT INTO kvqueue_kv (key, value, encoding, version, expires_at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, encoding = excluded.encoding,
+  version = excluded.version, expires_at = excluded.expires_at
+"""
+SQL_KV_DELETE = "DELETE FROM kvqueue_kv WHERE key = %s"
+SQL_MESSAGES_INSERT = """
+INSERT INTO kvqueue_messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::bigint[],
+                     %s::bigint[], %s::bytea[])
+"""
+SQL_QUEUES_LIMITS = """
+SELECT name, delivery_delay, max_backlog, max_backlog_bytes FROM kvqueue_queues
+WHERE name = ANY(%s)
+"""
+SQL_QUEUES_BACKLOG = "SELECT queue, count, bytes FROM kvqueue_backlog WHERE queue = ANY(%s)"
+# FOR SHARE: a lease checked here cannot be taken by another consumer before we commit.
+SQL_LEASES_CHECK = """
+SELECT count(*) FROM (
+  SELECT 1 FROM kvqueue_messages AS m
+  JOIN unnest(%s::text[], %s::text[]) AS held(id, lease)
+    ON m.id = held.id AND m.lease = held.lease
+  FOR SHARE OF m
+) AS found
+"""
+SQL_MESSAGES_ACK = "DELETE FROM kvqueue_messages WHERE queue = %s AND id = ANY(%s) RETURNING id"
+SQL_MESSAGE_RETRY = """
+UPDATE kvqueue_messages SET visible_at = %s, lease = NULL
+WHERE id = %s AND lease = %s AND queue = %s
+"""
+SQL_MESSAGE_MOVE = """
+UPDATE kvqueue_messages SET queue = %s, attempts = 0, lease = NULL, visible_at = %s,
+  attributes = NULL
+WHERE id = %s AND lease = %s AND queue = %s
+"""
+SQL_MESSAGE_DROP = "DELETE FROM kvqueue_messages WHERE id = %s AND lease = %s AND queue = %s"
+SQL_QUEUE_EXISTS = "SELECT 1 FROM kvqueue_queues WHERE name = %s"
+SQL_QUEUE_INSERT = """
+INSERT INTO kvqueue_queues (name, id, created_at, modified_at, delivery_delay, retention,
+  paused, max_backlog, max_backlog_bytes)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (name) DO NOTHING
+"""
+SQL_QUEUE_UPDATE = """
+UPDATE kvqueue_queues SET modified_at = %s, delivery_delay = %s, retention = %s, paused = %s,
+  max_backlog = %s, max_backlog_bytes = %s
+WHERE name = %s
+"""
+SQL_QUEUE_SETTINGS = """
+SELECT delivery_delay, retention, paused, max_backlog, max_backlog_bytes FROM kvqueue_queues
+WHERE name = %s FOR UPDATE
+"""
+SQL_QUEUE_CONSUMER = "SELECT consumer FROM kvqueue_queues WHERE name = %s FOR UPDATE"
+SQL_QUEUE_SET_CONSUMER = """
+UPDATE kvqueue_queues SET consumer = %s, modified_at = %s WHERE name = %s
+"""
+SQL_QUEUE_DELETE = "DELETE FROM kvqueue_queues WHERE name = %s"
+SQL_QUEUE_PURGE = "DELETE FROM kvqueue_messages WHERE queue = %s"
+SQL_BACKLOG_DELETE = "DELETE FROM kvqueue_backlog WHERE queue = %s"
+SQL_QUEUE_RETRIED = "UPDATE kvqueue_queues SET retried = retried + 1 WHERE name = %s"
+SQL_QUEUE_DEAD_LETTERED = """
+UPDATE kvqueue_queues SET dead_lettered = dead_lettered + 1 WHERE name = %s
+"""
+
+
+@dataclass(slots=True)
+class Txn:
+    """The writer's open transaction: its connection, clock time and versions."""
+
+    conn: Connection
+    now: int
+    #: The last versionstamp counter handed out in this transaction.
+    version: int
+    #: Whether a committed write changed something others may wait for.
+    changed: bool = False
+
+
+async def scalar(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    row = await (await conn.execute(sql, params)).fetchone()
+    return None if row is None else row[0]
+
+
+async def apply_write(txn: Txn, write: model.AtomicWrite) -> model.Committed:
+    conn, now = txn.conn, txn.now
+    if write.checks:
+        cursor = await conn.execute(SQL_KV_LIVE_VERSIONS, ([c.key for c in write.checks], now))
+        live = {bytes(key): version for key, version in await cursor.fetchall()}
+        for check in write.checks:
+            if check.versionstamp is None:
+                passed = check.key not in live
+            else:
+                passed = live.get(check.key) == version_of(check.versionstamp)
+            if not passed:
+                raise CheckFailed
+    if write.lease_checks:
+        ids = [lease.message_id for lease in write.lease_checks]
+        names = [lease.lease for lease in write.lease_checks]
+        if await scalar(conn, SQL_LEASES_CHECK, (ids, names)) != len(ids):
+            raise CheckFailed
+    txn.version += 1
+    txn.changed = True
+    version = txn.version
+    for change in write.queue_changes:
+        await _apply_queue_change(txn, change)
+    for m in write.mutations:
+        if m.kind is MutationKind.SET:
+            expires = None if m.expire_in_ms is None else now + m.expire_in_ms
+            await conn.execute(SQL_KV_SET, (m.key, m.value, int(m.encoding), version, expires))
+        elif m.kind is MutationKind.DELETE:
+            await conn.execute(SQL_KV_DELETE, (m.key,))
+        else:
+            row = await (await conn.execute(SQL_KV_LIVE_VALUE, (m.key, now))).fetchone()
+            current = None if row is None else (bytes(row[0]), row[1])
+            combined = values.combine_u64(m.kind, current, m.value)
+            # Like Deno, arithmetic clears an expiry set earlier.
+            await conn.execute(
+                SQL_KV_SET, (m.key, combined, int(ValueEncoding.LE64), version, None)
+            )
+    if write.enqueues:
+        (refusal,) = await _enqueue(txn, [write])
+        if refusal is not None:
+            raise refusal
+    settled = await _apply_settlements(txn, write.settlements)
+    return model.Committed(versionstamp(version), settled)
+
+
+def is_plain_send(write: model.AtomicWrite) -> bool:
+    """Only enqueues: such writes can share one INSERT (see :func:`apply_sends`)."""
+    return bool(write.enqueues) and not (
+        write.checks
+        or write.lease_checks
+        or write.queue_changes
+        or write.mutations
+        or write.settlements
+    )
+
+
+async def apply_sends(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Any]:
+    """Apply many enqueue-only writes with one INSERT, as if one after another.
+
+    Returns, per write, its ``Committed`` or the error that refused it
+    (QueueNotFound, QueueFull); a refused write leaves nothing behind.
+    """
+    refusals = await _enqueue(txn, writes)
+    results: list[Any] = []
+    for refusal in refusals:
+        if refusal is not None:
+            results.append(refusal)
+            continue
+        txn.version += 1
+        txn.changed = True
+        results.append(model.Committed(versionstamp(txn.version), ()))
+    return results
+
+
+async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Exception | None]:
+    """Insert the enqueues of each write that fits, in order; the others are refused.
+
+    Backlog limits are checked against the running totals, so each write sees
+    the backlog the writes before it left, exactly as if committed one by one.
+    """
+    conn, now = txn.conn, txn.now
+    names = list(dict.fromkeys(e.queue for w in writes for e in w.enqueues))
+    cursor = await conn.execute(SQL_QUEUES_LIMITS, (names,))
+    limits = {row[0]: row[1:] for row in await cursor.fetchall()}
+    watched = [
+        name
+        for name in names
+        if name in limits
+        and (
+            limits[name][1] is not None
+            or limits[name][2] is not None
+            or any(e.max_backlog for w in writes for e in w.enqueues if e.queue == name)
+        )
+    ]
+    totals: dict[str, list[int]] = {name: [0, 0] for name in watched}
+    if watched:
+        cursor = await conn.execute(SQL_QUEUES_BACKLOG, (watched,))
+        for name, count, size in await cursor.fetchall():
+            totals[name] = [count, size]
+    refusals: list[Exception | None] = []
+    rows: list[tuple[Any, ...]] = []
+    for write in writes:
+        refusal = _refusal(write, limits, totals)
+        refusals.append(refusal)
+        if refusal is not None:
+            continue
+        for e in write.enqueues:
+            if e.queue in totals:
+                totals[e.queue][0] += 1
+                totals[e.queue][1] += len(e.body)
+            delay = limits[e.queue][0] if e.delay_ms is None else e.delay_ms
+            rows.append((e.queue, e.message_id, e.body, e.content_type, now + delay, e.attributes))
+    if rows:
+        queues, ids, bodies, types, visible, attributes = (list(c) for c in zip(*rows, strict=True))
+        await conn.execute(
+            SQL_MESSAGES_INSERT,
+            (queues, ids, bodies, types, [now] * len(rows), visible, attributes),
+        )
+    return refusals
+
+
+def _refusal(
+    write: model.AtomicWrite,
+    limits: dict[str, tuple[Any, ...]],
+    totals: dict[str, list[int]],
+) -> Exception | None:
+    for e in write.enqueues:
+        if e.queue not in limits:
+            return errors.QueueNotFound(e.queue)
+    added: dict[str, list[int]] = {}
+    for e in write.enqueues:
+        count_size = added.setdefault(e.queue, [0, 0])
+        count_size[0] += 1
+        count_size[1] += len(e.body)
+    for name, (count, size) in added.items():
+        if name not in totals:
+            continue
+        _, max_backlog, max_bytes = limits[name]
+        explicit = [e.max_backlog for e in write.enqueues if e.queue == name and e.max_backlog]
+        if explicit:
+            max_backlog = explicit[0]
+        if max_backlog is not None and totals[name][0] + count > max_backlog:
+            return errors.QueueFull(name, max_backlog)
+        if max_bytes is not None and totals[name][1] + size > max_bytes:
+            return errors.QueueFull(name, max_bytes, unit="bytes of undelivered messages")
+    return None
+
+
+async def _apply_settlements(txn: Txn, settlements: Sequence[model.Settlement]) -> tuple[bool, ...]:
+    """Apply settlements in order; runs of acks on one queue take one statement."""
+    found: list[bool] = []
+    acks: list[model.Ack] = []
+
+    async def flush() -> None:
+        if not acks:
+            return
+        cursor = await txn.conn.execute(
+            SQL_MESSAGES_ACK, (acks[0].queue, [a.message_id for a in acks])
+        )
+        gone = {row[0] for row in await cursor.fetchall()}
+        found.extend(a.message_id in gone for a in acks)
+        acks.clear()
+
+    for s in settlements:
+        if isinstance(s, model.Ack):
+            if (acks and acks[0].queue != s.queue) or s.message_id in {a.message_id for a in acks}:
+                await flush()
+            acks.append(s)
+            continue
+        await flush()
+        found.append(await _apply_settlement(txn, s))
+    await flush()
+    return tuple(found)
+
+
+async def _apply_settlement(txn: Txn, s: model.Retry | model.DeadLetter) -> bool:
+    conn, now = txn.conn, txn.now
+    if isinstance(s, model.Retry):
+        cursor = await conn.execute(
+            SQL_MESSAGE_RETRY, (now + s.delay_ms, s.message_id, s.lease, s.queue)
+        )
+        if cursor.rowcount:
+            await conn.execute(SQL_QUEUE_RETRIED, (s.queue,))
+        return cursor.rowcount > 0
+    if s.to_queue is None:
+        cursor = await conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease, s.queue))
+    else:
+        if await scalar(conn, SQL_QUEUE_EXISTS, (s.to_queue,)) is None:
+            raise errors.QueueNotFound(s.to_queue)
+        moved = (s.to_queue, now, s.message_id, s.lease, s.queue)
+        cursor = await conn.execute(SQL_MESSAGE_MOVE, moved)
+    if cursor.rowcount:
+        await conn.execute(SQL_QUEUE_DEAD_LETTERED, (s.queue,))
+    return cursor.rowcount > 0
+
+
+async def _apply_queue_change(txn: Txn, change: model.QueueChange) -> None:
+    conn, now = txn.conn, txn.now
+    if isinstance(change, model.CreateQueue):
+        row = (change.name, change.queue_id, now, now, *settings_row(change.settings))
+        if (await conn.execute(SQL_QUEUE_INSERT, row)).rowcount == 0 and not change.if_absent:
+            raise errors.QueueExists(change.name)
+        return
+    if isinstance(change, model.UpdateQueue):
+        current = await (await conn.execute(SQL_QUEUE_SETTINGS, (change.name,))).fetchone()
+        if current is None:
+            raise errors.QueueNotFound(change.name)
+        if tuple(current) != settings_row(change.expect):
+            raise CheckFailed
+        await conn.execute(SQL_QUEUE_UPDATE, (now, *settings_row(change.settings), change.name))
+        return
+    if isinstance(change, model.SetConsumer):
+        current = await (await conn.execute(SQL_QUEUE_CONSUMER, (change.name,))).fetchone()
+        if current is None:
+            raise errors.QueueNotFound(change.name)
+        stored = None if current[0] is None else bytes(current[0])
+        if stored != change.expect:
+            raise CheckFailed
+        await conn.execute(SQL_QUEUE_SET_CONSUMER, (change.consumer, now, change.name))
+        return
+    if await scalar(conn, SQL_QUEUE_EXISTS, (change.name,)) is None:
+        raise errors.QueueNotFound(change.name)
+    await conn.execute(SQL_QUEUE_PURGE, (change.name,))
+    if isinstance(change, model.DeleteQueue):
+        await conn.execute(SQL_QUEUE_DELETE, (change.name,))
+        await conn.execute(SQL_BACKLOG_DELETE, (change.name,))
