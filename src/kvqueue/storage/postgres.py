@@ -8,7 +8,8 @@ How it stays correct with many writers:
 * Each process has one writer task. Callers' commits queue up for it; it takes
   everything waiting, applies each in its own savepoint (so one failed write
   cannot spoil another) and commits them together: one WAL flush and one trip
-  through the version lock for many callers (group commit).
+  through the version lock for many callers (group commit). Concurrent
+  enqueue-only writes (sends) share one INSERT and are still refused one by one.
 * Leasing runs beside the writer on pooled connections with
   ``FOR UPDATE SKIP LOCKED``, so consumers in different processes never take
   one message twice and never wait for each other. A consumer bounded by
@@ -324,7 +325,13 @@ class PostgresStorage:
                     stopping = True
                     break
                 batch.append(item)
-            outcomes, changed = await self._commit_group(batch)
+            try:
+                outcomes, changed = await self._commit_group(batch)
+            except Exception as exc:
+                # A bug must fail these callers, not stop every later write.
+                logger.exception("the PostgreSQL writer failed on a group of %d", len(batch))
+                failure = _storage_error("the write failed and was rolled back", exc)
+                outcomes, changed = [(future, None, failure) for _, future, _ in batch], False
             for future, result, error in outcomes:
                 if future.done():
                     continue
