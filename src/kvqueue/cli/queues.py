@@ -133,18 +133,31 @@ def _purge(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+# wrangler's consumer flags (as argparse names them) and the Consumer settings they set.
+_CONSUMER_FLAGS = {
+    "batch_size": "batch_size",
+    "batch_timeout": "max_batch_timeout",
+    "message_retries": "max_retries",
+    "dead_letter_queue": "dead_letter_queue",
+    "max_concurrency": "max_concurrency",
+    "retry_delay_secs": "retry_delay",
+}
+
+
+def _consumer_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags given name (flags a command lacks are skipped)."""
+    settings = {
+        setting: getattr(args, flag)
+        for flag, setting in _CONSUMER_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    if getattr(args, "visibility_timeout_secs", None) is not None:
+        settings["visibility_timeout_ms"] = int(args.visibility_timeout_secs * 1000)
+    return settings
+
+
 def _consumer_add(args: argparse.Namespace, out: Output) -> int:
-    settings: dict[str, Any] = {"script_name": args.script_name}
-    for flag, setting in (
-        ("batch_size", "batch_size"),
-        ("batch_timeout", "max_batch_timeout"),
-        ("message_retries", "max_retries"),
-        ("dead_letter_queue", "dead_letter_queue"),
-        ("max_concurrency", "max_concurrency"),
-        ("retry_delay_secs", "retry_delay"),
-    ):
-        if getattr(args, flag) is not None:
-            settings[setting] = getattr(args, flag)
+    settings = {"script_name": args.script_name, **_consumer_settings(args)}
     with open_database(args) as db:
         consumer = db.queues.add_consumer(args.queue, "worker", **settings)
     if out.as_json:
@@ -192,19 +205,8 @@ def _consumer_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def _http_add(args: argparse.Namespace, out: Output) -> int:
-    settings: dict[str, Any] = {}
-    for flag, setting in (
-        ("batch_size", "batch_size"),
-        ("message_retries", "max_retries"),
-        ("dead_letter_queue", "dead_letter_queue"),
-        ("retry_delay_secs", "retry_delay"),
-    ):
-        if getattr(args, flag) is not None:
-            settings[setting] = getattr(args, flag)
-    if args.visibility_timeout_secs is not None:
-        settings["visibility_timeout_ms"] = int(args.visibility_timeout_secs * 1000)
     with open_database(args) as db:
-        consumer = db.queues.add_consumer(args.queue, "http_pull", **settings)
+        consumer = db.queues.add_consumer(args.queue, "http_pull", **_consumer_settings(args))
     if out.as_json:
         out.json(dataclasses.asdict(consumer))
     else:

@@ -7,7 +7,7 @@ Only mechanics live here; policy stays above the storage boundary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -53,34 +53,74 @@ class Signal:
         self._event = asyncio.Event()
 
 
-async def wait_for_queue(
-    signal: Signal,
-    clock: Clock,
-    next_visible: Callable[[int], Awaitable[int | None]] | None,
-    *,
-    timeout_ms: int,
-    after_ms: int | None,
-    since: int | None,
-) -> None:
-    """The body of :meth:`Storage.wait`, given how to find a queue's next visible time.
+class Waits:
+    """``changes`` and ``wait`` of :class:`Storage`, for a backend that has a
+    :class:`Signal` it fires on every change and can read a queue's next
+    visible time."""
 
-    ``next_visible(since)`` answers the earliest ``visible_at`` later than ``since``.
+    clock: Clock
+    _signal: Signal
+
+    async def _next_visible(self, queue: str, since: int) -> int | None:
+        """The earliest ``visible_at`` of ``queue`` later than ``since``."""
+        raise NotImplementedError
+
+    @property
+    def changes(self) -> int:
+        """See :attr:`kvqueue.storage.base.Storage.changes`."""
+        return self._signal.fired
+
+    async def wait(
+        self,
+        queue: str | None,
+        *,
+        timeout_ms: int,
+        after_ms: int | None = None,
+        since: int | None = None,
+    ) -> None:
+        """See :meth:`kvqueue.storage.base.Storage.wait`."""
+        # Take the event before looking, so a commit landing after the look wakes us.
+        event = self._signal.current()
+        if since is not None and self._signal.fired != since:
+            return  # something changed after the caller looked: look again
+        due_in: int | None = None
+        if queue is not None:
+            upcoming = await self._next_visible(queue, -1 if after_ms is None else after_ms)
+            if upcoming is not None:
+                due_in = upcoming - self.clock.now_ms()
+                if due_in <= 0:
+                    return
+        waits: list[Awaitable[Any]] = [event.wait(), asyncio.sleep(timeout_ms / 1000)]
+        if due_in is not None:
+            waits.append(self.clock.sleep(due_in / 1000))
+        await first_of(*waits)
+
+
+def backlog_bounds(
+    queue: str,
+    enqueues: Sequence[model.Enqueue],
+    max_backlog: int | None,
+    max_bytes: int | None,
+) -> tuple[int | None, int | None]:
+    """The count and byte limits a write's enqueues to ``queue`` must fit in.
+
+    An enqueue's own ``max_backlog`` (the KV queue's configurable bound) beats
+    the queue's setting.
     """
-    # Take the event before looking, so a commit landing after the look wakes us.
-    event = signal.current()
-    if since is not None and signal.fired != since:
-        return  # something changed after the caller looked: look again
-    due_in: int | None = None
-    if next_visible is not None:
-        upcoming = await next_visible(-1 if after_ms is None else after_ms)
-        if upcoming is not None:
-            due_in = upcoming - clock.now_ms()
-            if due_in <= 0:
-                return
-    waits: list[Awaitable[Any]] = [event.wait(), asyncio.sleep(timeout_ms / 1000)]
-    if due_in is not None:
-        waits.append(clock.sleep(due_in / 1000))
-    await first_of(*waits)
+    explicit = [e.max_backlog for e in enqueues if e.queue == queue and e.max_backlog]
+    return (explicit[0] if explicit else max_backlog), max_bytes
+
+
+def backlog_refusal(
+    queue: str, count: int, size: int, bounds: tuple[int | None, int | None]
+) -> errors.QueueFull | None:
+    """The QueueFull a backlog of ``count`` messages and ``size`` bytes earns, if any."""
+    max_backlog, max_bytes = bounds
+    if max_backlog is not None and count > max_backlog:
+        return errors.QueueFull(queue, max_backlog)
+    if max_bytes is not None and size > max_bytes:
+        return errors.QueueFull(queue, max_bytes, unit="bytes of undelivered messages")
+    return None
 
 
 def migration_scripts(package: str) -> list[str]:

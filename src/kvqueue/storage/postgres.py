@@ -47,11 +47,11 @@ from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
     Signal,
+    Waits,
     check_schema_version,
     migration_scripts,
     queue_record,
     versionstamp,
-    wait_for_queue,
 )
 from kvqueue.storage.postgres_writes import Txn, apply_sends, apply_write, is_plain_send, scalar
 
@@ -220,7 +220,7 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
-class PostgresStorage:
+class PostgresStorage(Waits):
     """A database in one PostgreSQL schema (see the module docstring for how it writes)."""
 
     clock: Clock
@@ -620,39 +620,12 @@ class PostgresStorage:
 
         return await self._run(run)
 
-    @property
-    def changes(self) -> int:
-        """See :attr:`kvqueue.storage.base.Storage.changes`."""
-        return self._signal.fired
+    async def _next_visible(self, queue: str, since: int) -> int | None:
+        async def run(conn: Connection) -> int | None:
+            found: int | None = await scalar(conn, SQL_MESSAGE_NEXT_VISIBLE, (queue, since))
+            return found
 
-    async def wait(
-        self,
-        queue: str | None,
-        *,
-        timeout_ms: int,
-        after_ms: int | None = None,
-        since: int | None = None,
-    ) -> None:
-        """See :meth:`kvqueue.storage.base.Storage.wait`."""
-        next_visible = None
-        if queue is not None:
-
-            async def next_visible(since: int) -> int | None:
-                async def run(conn: Connection) -> int | None:
-                    cursor = await conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since))
-                    row = await cursor.fetchone()
-                    return None if row is None else row[0]
-
-                return await self._run(run)
-
-        await wait_for_queue(
-            self._signal,
-            self.clock,
-            next_visible,
-            timeout_ms=timeout_ms,
-            after_ms=after_ms,
-            since=since,
-        )
+        return await self._run(run)
 
     async def purge_expired(self) -> int | None:
         """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""

@@ -17,7 +17,14 @@ import psycopg
 
 from kvqueue import errors, model, values
 from kvqueue.model import MutationKind, ValueEncoding
-from kvqueue.storage.common import CheckFailed, settings_row, version_of, versionstamp
+from kvqueue.storage.common import (
+    CheckFailed,
+    backlog_bounds,
+    backlog_refusal,
+    settings_row,
+    version_of,
+    versionstamp,
+)
 
 Connection = psycopg.AsyncConnection[Any]
 
@@ -195,15 +202,11 @@ async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Except
     names = list(dict.fromkeys(e.queue for w in writes for e in w.enqueues))
     cursor = await conn.execute(SQL_QUEUES_LIMITS, (names,))
     limits = {row[0]: row[1:] for row in await cursor.fetchall()}
+    every = [e for w in writes for e in w.enqueues]
     watched = [
         name
         for name in names
-        if name in limits
-        and (
-            limits[name][1] is not None
-            or limits[name][2] is not None
-            or any(e.max_backlog for w in writes for e in w.enqueues if e.queue == name)
-        )
+        if name in limits and backlog_bounds(name, every, *limits[name][1:]) != (None, None)
     ]
     totals: dict[str, list[int]] = {name: [0, 0] for name in watched}
     if watched:
@@ -248,14 +251,10 @@ def _refusal(
     for name, (count, size) in added.items():
         if name not in totals:
             continue
-        _, max_backlog, max_bytes = limits[name]
-        explicit = [e.max_backlog for e in write.enqueues if e.queue == name and e.max_backlog]
-        if explicit:
-            max_backlog = explicit[0]
-        if max_backlog is not None and totals[name][0] + count > max_backlog:
-            return errors.QueueFull(name, max_backlog)
-        if max_bytes is not None and totals[name][1] + size > max_bytes:
-            return errors.QueueFull(name, max_bytes, unit="bytes of undelivered messages")
+        bounds = backlog_bounds(name, write.enqueues, *limits[name][1:])
+        refusal = backlog_refusal(name, totals[name][0] + count, totals[name][1] + size, bounds)
+        if refusal is not None:
+            return refusal
     return None
 
 

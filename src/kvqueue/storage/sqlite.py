@@ -36,13 +36,15 @@ from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
     Signal,
+    Waits,
+    backlog_bounds,
+    backlog_refusal,
     check_schema_version,
     migration_scripts,
     queue_record,
     settings_row,
     version_of,
     versionstamp,
-    wait_for_queue,
 )
 from kvqueue.storage.filewatch import FileWatch
 
@@ -322,7 +324,7 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
-class SqliteStorage:
+class SqliteStorage(Waits):
     """A database in one SQLite file (see the module docstring for how it writes)."""
 
     clock: Clock
@@ -515,39 +517,11 @@ class SqliteStorage:
 
         return await self._read(run)
 
-    @property
-    def changes(self) -> int:
-        """See :attr:`kvqueue.storage.base.Storage.changes`."""
-        return self._signal.fired
-
-    async def wait(
-        self,
-        queue: str | None,
-        *,
-        timeout_ms: int,
-        after_ms: int | None = None,
-        since: int | None = None,
-    ) -> None:
-        """See :meth:`kvqueue.storage.base.Storage.wait`."""
-        next_visible = None
-        if queue is not None:
-
-            async def next_visible(since: int) -> int | None:
-                found: int | None = await self._read(
-                    lambda conn, now: conn.execute(
-                        SQL_MESSAGE_NEXT_VISIBLE, (queue, since)
-                    ).fetchone()[0]
-                )
-                return found
-
-        await wait_for_queue(
-            self._signal,
-            self.clock,
-            next_visible,
-            timeout_ms=timeout_ms,
-            after_ms=after_ms,
-            since=since,
+    async def _next_visible(self, queue: str, since: int) -> int | None:
+        found: int | None = await self._read(
+            lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[0]
         )
+        return found
 
     async def purge_expired(self) -> int | None:
         """See :meth:`kvqueue.storage.base.Storage.purge_expired`."""
@@ -636,16 +610,13 @@ def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
         )
     # Checked once per queue after all inserts: the totals are what must fit.
     for name, (_, max_backlog, max_bytes) in limits.items():
-        explicit = [e.max_backlog for e in enqueues if e.queue == name and e.max_backlog]
-        if explicit:
-            max_backlog = explicit[0]
-        if max_backlog is None and max_bytes is None:
+        bounds = backlog_bounds(name, enqueues, max_backlog, max_bytes)
+        if bounds == (None, None):
             continue
         count, size = conn.execute(SQL_QUEUE_BACKLOG, (name,)).fetchone()
-        if max_backlog is not None and count > max_backlog:
-            raise errors.QueueFull(name, max_backlog)
-        if max_bytes is not None and size > max_bytes:
-            raise errors.QueueFull(name, max_bytes, unit="bytes of undelivered messages")
+        refusal = backlog_refusal(name, count, size, bounds)
+        if refusal is not None:
+            raise refusal
 
 
 def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
