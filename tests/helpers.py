@@ -1,15 +1,22 @@
-"""Small test helpers: waiting for conditions and recording handler calls."""
+"""Small test helpers: waiting for conditions, recording handler calls, and a real
+server whose output is read while it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import signal
+import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kvqueue
+from tests.served import Served, start_server
 
 T = TypeVar("T")
 
@@ -97,3 +104,36 @@ def same(actual: object, expected: object, *, loose_numbers: bool = False) -> bo
     if isinstance(actual, datetime):
         return actual == expected and actual.tzinfo is UTC
     return actual == expected
+
+
+@contextmanager
+def serving(db_path: Path | str, *, stop_seconds: float = 30) -> Iterator[Served]:
+    """A `kvqueue serve` process (:func:`tests.served.start_server`) whose output is
+    read into ``served.output`` as it comes, so that a server logging a lot (say,
+    a traceback per bad request) never blocks on a full pipe. On exit it is sent
+    SIGTERM and must exit with status 0."""
+    served = start_server(db_path)
+    stdout = served.process.stdout
+    assert stdout is not None
+
+    def read_output() -> None:
+        for line in stdout:
+            served.output.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read_output, name="kvqueue-serve-output", daemon=True)
+    reader.start()
+    try:
+        yield served
+    finally:
+        if served.process.poll() is None:
+            served.process.send_signal(signal.SIGTERM)
+        code: int | str
+        try:
+            code = served.process.wait(stop_seconds)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+            served.process.wait(10)
+            code = f"nothing: it ignored SIGTERM for {stop_seconds} s and was killed"
+        reader.join(10)
+        served.stop()  # the output is read to its end: this only closes the pipe
+    assert code == 0, f"kvqueue serve exited {code}:\n" + "\n".join(served.output[-50:])

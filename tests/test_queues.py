@@ -156,7 +156,7 @@ async def test_purge_cannot_drop_kv_queue_messages(adb: kvqueue.AsyncDatabase) -
     await adb.enqueue("kv message", delay=60_000)
     with contextlib.suppress(kvqueue.KvQueueError):
         await adb.queues.purge(kvqueue.KV_QUEUE)
-    assert (await adb.storage.stats(kvqueue.KV_QUEUE)).backlog_count == 1
+    assert (await adb.queues.metrics(kvqueue.KV_QUEUE)).backlog_count == 1
 
 
 async def test_duplicate_create_raises_queue_exists(adb: kvqueue.AsyncDatabase) -> None:

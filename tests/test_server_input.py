@@ -317,7 +317,8 @@ def test_a_body_over_the_request_limit_is_413(world: World) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/",
+        # "/" itself takes KV Connect's metadata exchange (POST).
+        "/nope",
         "/client/v4",
         "/client/v4/accounts",
         "/client/v4/accounts/{acc}",

@@ -160,6 +160,9 @@ class StoreSpy:
 # --- 1. batching -------------------------------------------------------------------------
 
 
+@pytest.mark.remote_pending(
+    "a remote worker's batch timeout runs on the server's long poll, not on the FakeClock"
+)
 async def test_batches_fill_to_size_and_a_partial_batch_waits_for_the_timeout(
     fake_adb: kvqueue.AsyncDatabase, clock: kvqueue.FakeClock
 ) -> None:
@@ -188,6 +191,9 @@ async def test_batches_fill_to_size_and_a_partial_batch_waits_for_the_timeout(
     assert sorted(i for s in batches.seen for i in s.ids) == sorted(ids)
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_an_empty_queue_never_invokes_the_handler(
     fake_adb: kvqueue.AsyncDatabase,
     clock: kvqueue.FakeClock,
@@ -219,6 +225,9 @@ async def test_an_empty_queue_never_invokes_the_handler(
     assert batches.seen[0].bodies == ["only"]
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_a_worker_idle_on_two_empty_queues_does_not_busy_poll_the_store(
     adb: kvqueue.AsyncDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,6 +320,9 @@ async def test_one_handler_consumes_two_queues_and_sees_which_one(
 # --- 2. implicit ack / retry ---------------------------------------------------------------
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_a_handler_that_returns_acks_its_batch(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -333,6 +345,9 @@ async def test_a_handler_that_returns_acks_its_batch(
         assert f"message {message_id} acked" in debug_of(logs)
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_a_handler_that_raises_gets_every_message_back_with_attempts_2(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -611,6 +626,9 @@ async def test_a_retry_with_delay_0_overrides_the_consumer_retry_delay(
 # --- 6. max_retries and dead-lettering -----------------------------------------------------------
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_max_retries_3_delivers_4_times_then_moves_the_message_to_the_dlq(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -786,6 +804,9 @@ async def second_database(
         await other.close()
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_max_concurrency_1_never_runs_two_batches_at_once_across_workers(
     adb: kvqueue.AsyncDatabase, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -867,6 +888,9 @@ async def test_unset_max_concurrency_runs_several_batches_at_once_while_a_backlo
     assert metrics.retried == 0
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_a_worker_waiting_for_a_concurrency_slot_does_not_busy_poll_the_store(
     adb: kvqueue.AsyncDatabase, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1069,6 +1093,9 @@ async def test_a_worker_for_a_missing_queue_raises_queue_not_found(
 # --- 11. graceful stop ----------------------------------------------------------------------------
 
 
+@pytest.mark.remote_pending(
+    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
+)
 async def test_stop_lets_the_running_batch_finish_and_settle(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:

@@ -6,6 +6,9 @@ embedded API shows (``db.queues``); another account's queue is stored under
 ``"{account}/{name}"``. The slash cannot occur in a queue name, so no name of
 one account can reach another's, and a dead-letter queue always lives in the
 account of the queue it serves.
+
+Each account also has a KV keyspace and a KV queue (``{account}/~kv``) of its
+own, which KV Connect reaches; the default account's are the embedded API's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 
 from kvqueue import errors
+from kvqueue.keys import reserved_key
 
 #: The account whose queues ``db.queues`` manages, and the one a token names by default.
 DEFAULT_ACCOUNT = "default"
@@ -42,3 +46,11 @@ def split_name(stored: str) -> tuple[str, str]:
 def sibling(stored: str, name: str) -> str:
     """The stored name of queue ``name`` in the account of the stored queue ``stored``."""
     return stored_name(split_name(stored)[0], name)
+
+
+def kv_prefix(account: str) -> bytes:
+    """What every KV key of ``account`` is stored under: nothing for the default
+    account (whose keyspace is the embedded API's), a reserved prefix otherwise."""
+    if account == DEFAULT_ACCOUNT:
+        return b""
+    return reserved_key("kv", check_account(account)) + b"\x00"

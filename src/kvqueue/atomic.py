@@ -60,6 +60,15 @@ def _milliseconds(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_expire_in(expire_ms: int) -> int:
+    """``expire_ms`` if it is a usable ``expire_in``: 0 .. ``MAX_EXPIRE_IN_MS``."""
+    if not 0 <= expire_ms <= limits.MAX_EXPIRE_IN_MS:
+        raise errors.InvalidOption(
+            f"expire_in is 0 .. {limits.MAX_EXPIRE_IN_MS:,} ms (MAX_EXPIRE_IN_MS), got {expire_ms}"
+        )
+    return expire_ms
+
+
 def encode_attributes(backoff: Sequence[int], undelivered: Sequence[bytes]) -> bytes:
     """The KV queue's per-message policy, as stored in a message's attributes."""
     import orjson
@@ -92,35 +101,58 @@ def kv_enqueue(
         InvalidKey, KeyTooLarge, InvalidValue: the message or an option breaks a rule.
     """
     payload = v8.dumps(value)
+    delay_ms = 0 if delay is None else _milliseconds("delay", delay)
+    schedule = None
+    if backoff_schedule is not None:
+        schedule = tuple(_milliseconds("backoff_schedule entry", x) for x in backoff_schedule)
+    undelivered = tuple(keys.encode_write_key(k) for k in (keys_if_undelivered or ()))
+    return kv_message(
+        payload,
+        delay_ms=delay_ms,
+        keys_if_undelivered=undelivered,
+        backoff_schedule=schedule,
+        max_backlog=max_backlog,
+    )
+
+
+def kv_message(
+    payload: bytes,
+    *,
+    delay_ms: int,
+    keys_if_undelivered: Sequence[bytes],
+    backoff_schedule: Sequence[int] | None,
+    max_backlog: int | None,
+    max_backoff_entries: int = limits.MAX_BACKOFF_ENTRIES,
+) -> model.Enqueue:
+    """A KV-queue message from an already-serialized payload and encoded keys, with
+    every limit checked: what ``kv_enqueue`` and a KV Connect enqueue share.
+
+    ``backoff_schedule`` None means the default schedule.
+    """
     if len(payload) > limits.MAX_KV_PAYLOAD_BYTES:
         raise errors.PayloadTooLarge(
             "MAX_KV_PAYLOAD_BYTES", limits.MAX_KV_PAYLOAD_BYTES, len(payload)
         )
-    delay_ms = 0 if delay is None else _milliseconds("delay", delay)
     if delay_ms < 0:
         raise errors.InvalidDelay("MIN_DELAY (0)", 0, delay_ms, detail="a delay cannot be negative")
     if delay_ms > limits.MAX_KV_DELAY_MS:
         raise errors.InvalidDelay("MAX_KV_DELAY_MS", limits.MAX_KV_DELAY_MS, delay_ms)
-    if backoff_schedule is None:
-        schedule = limits.DEFAULT_BACKOFF_SCHEDULE
-    else:
-        schedule = tuple(_milliseconds("backoff_schedule entry", x) for x in backoff_schedule)
-        if len(schedule) > limits.MAX_BACKOFF_ENTRIES:
+    schedule = limits.DEFAULT_BACKOFF_SCHEDULE if backoff_schedule is None else backoff_schedule
+    if len(schedule) > max_backoff_entries:
+        raise errors.InvalidBackoffSchedule(
+            "MAX_BACKOFF_ENTRIES", max_backoff_entries, len(schedule), detail="entries"
+        )
+    for index, interval in enumerate(schedule):
+        if not 0 <= interval <= limits.MAX_BACKOFF_MS:
             raise errors.InvalidBackoffSchedule(
-                "MAX_BACKOFF_ENTRIES", limits.MAX_BACKOFF_ENTRIES, len(schedule), detail="entries"
+                "MAX_BACKOFF_MS",
+                limits.MAX_BACKOFF_MS,
+                interval,
+                detail=f"entry {index} is {interval} ms; each is 0 .. 3,600,000 ms",
             )
-        for index, interval in enumerate(schedule):
-            if not 0 <= interval <= limits.MAX_BACKOFF_MS:
-                raise errors.InvalidBackoffSchedule(
-                    "MAX_BACKOFF_MS",
-                    limits.MAX_BACKOFF_MS,
-                    interval,
-                    detail=f"entry {index} is {interval} ms; each is 0 .. 3,600,000 ms",
-                )
-    undelivered = tuple(keys.encode_write_key(k) for k in (keys_if_undelivered or ()))
-    if len(undelivered) > limits.MAX_UNDELIVERED_KEYS:
+    if len(keys_if_undelivered) > limits.MAX_UNDELIVERED_KEYS:
         raise errors.TooManyUndeliveredKeys(
-            "MAX_UNDELIVERED_KEYS", limits.MAX_UNDELIVERED_KEYS, len(undelivered)
+            "MAX_UNDELIVERED_KEYS", limits.MAX_UNDELIVERED_KEYS, len(keys_if_undelivered)
         )
     return model.Enqueue(
         queue=KV_QUEUE,
@@ -128,9 +160,36 @@ def kv_enqueue(
         body=payload,
         content_type=KV_CONTENT_TYPE,
         delay_ms=delay_ms,
-        attributes=encode_attributes(schedule, undelivered),
+        attributes=encode_attributes(schedule, keys_if_undelivered),
         max_backlog=max_backlog,
     )
+
+
+def enqueue_bytes(message: model.Enqueue) -> int:
+    """What an enqueue counts toward ``MAX_ATOMIC_BYTES``."""
+    if message.queue != KV_QUEUE:
+        return len(message.body)
+    backoff, undelivered = decode_attributes(message.attributes)
+    return len(message.body) + 4 * len(backoff) + sum(map(len, undelivered))
+
+
+def check_totals(write: model.AtomicWrite) -> model.AtomicWrite:
+    """``write`` if its counts and bytes are within the atomic limits.
+
+    Raises:
+        TooManyChecks, TooManyMutations, AtomicTooLarge.
+    """
+    if len(write.checks) > limits.MAX_CHECKS:
+        raise errors.TooManyChecks("MAX_CHECKS", limits.MAX_CHECKS, len(write.checks))
+    count = len(write.mutations) + len(write.enqueues)
+    if count > limits.MAX_MUTATIONS:
+        raise errors.TooManyMutations("MAX_MUTATIONS", limits.MAX_MUTATIONS, count)
+    size = sum(len(c.key) for c in write.checks)
+    size += sum(len(m.key) + len(m.value) for m in write.mutations)
+    size += sum(enqueue_bytes(e) for e in write.enqueues)
+    if size > limits.MAX_ATOMIC_BYTES:
+        raise errors.AtomicTooLarge("MAX_ATOMIC_BYTES", limits.MAX_ATOMIC_BYTES, size)
+    return write
 
 
 class _Builder(Generic[R]):
@@ -144,7 +203,6 @@ class _Builder(Generic[R]):
         self._checks: list[model.Check] = []
         self._mutations: list[model.Mutation] = []
         self._enqueues: list[model.Enqueue] = []
-        self._enqueue_bytes = 0
 
     def check(self, *checks: Any) -> Self:
         """Require each key to still have the given versionstamp (None: be absent)."""
@@ -158,8 +216,7 @@ class _Builder(Generic[R]):
         expire_ms = None
         if expire_in is not None:
             expire_ms = _milliseconds("expire_in", expire_in)
-            if expire_ms < 0:
-                raise errors.InvalidOption(f"expire_in cannot be negative, got {expire_in}")
+            check_expire_in(expire_ms)
         self._mutations.append(model.Mutation(MutationKind.SET, encoded, data, encoding, expire_ms))
         return self
 
@@ -205,8 +262,6 @@ class _Builder(Generic[R]):
             backoff_schedule=backoff_schedule,
             max_backlog=self._max_backlog,
         )
-        backoff, undelivered = decode_attributes(message.attributes)
-        self._enqueue_bytes += len(message.body) + 4 * len(backoff) + sum(map(len, undelivered))
         self._enqueues.append(message)
         return self
 
@@ -223,27 +278,17 @@ class _Builder(Generic[R]):
         The message is checked as ``db.queue(queue).send()`` checks it; the queue
         must exist when the operation commits.
         """
-        message = build_send(check_name(queue), body, content_type, delay_seconds)
-        self._enqueue_bytes += len(message.body)
-        self._enqueues.append(message)
+        self._enqueues.append(build_send(check_name(queue), body, content_type, delay_seconds))
         return self
 
     def build(self) -> model.AtomicWrite:
         """Check the totals against the limits and freeze the operation."""
-        if len(self._checks) > limits.MAX_CHECKS:
-            raise errors.TooManyChecks("MAX_CHECKS", limits.MAX_CHECKS, len(self._checks))
-        count = len(self._mutations) + len(self._enqueues)
-        if count > limits.MAX_MUTATIONS:
-            raise errors.TooManyMutations("MAX_MUTATIONS", limits.MAX_MUTATIONS, count)
-        size = sum(len(c.key) for c in self._checks)
-        size += sum(len(m.key) + len(m.value) for m in self._mutations)
-        size += self._enqueue_bytes
-        if size > limits.MAX_ATOMIC_BYTES:
-            raise errors.AtomicTooLarge("MAX_ATOMIC_BYTES", limits.MAX_ATOMIC_BYTES, size)
-        return model.AtomicWrite(
-            checks=tuple(self._checks),
-            mutations=tuple(self._mutations),
-            enqueues=tuple(self._enqueues),
+        return check_totals(
+            model.AtomicWrite(
+                checks=tuple(self._checks),
+                mutations=tuple(self._mutations),
+                enqueues=tuple(self._enqueues),
+            )
         )
 
 

@@ -20,6 +20,7 @@ from kvqueue.keys import Key, encode_read_key, successor
 from kvqueue.kv_queue import Listener
 from kvqueue.listing import AsyncListIterator, Pager
 from kvqueue.queues import AsyncQueue, AsyncQueues
+from kvqueue.remote.http import Server, is_url
 from kvqueue.storage import Storage, open_storage
 from kvqueue.tokens import AsyncTokens
 from kvqueue.waiting import first_of
@@ -33,8 +34,6 @@ logger = logging.getLogger("kvqueue")
 # within _SWEEP_MAX_MS.
 _SWEEP_MAX_MS = 60_000
 _SWEEP_IDLE_MS = 3_600_000
-# How long a watch waits for a wake-up before reading its keys again anyway.
-_WATCH_RECHECK_MS = 5_000
 
 
 class AsyncDatabase:
@@ -46,6 +45,8 @@ class AsyncDatabase:
         *,
         kv_queue_backlog: int = limits.DEFAULT_KV_QUEUE_BACKLOG,
         lease_ms: int = limits.DEFAULT_LEASE_MS,
+        queues: AsyncQueues | None = None,
+        server: Server | None = None,
     ) -> None:
         if kv_queue_backlog < 1:
             raise errors.InvalidOption(f"kv_queue_backlog is at least 1, got {kv_queue_backlog}")
@@ -63,7 +64,11 @@ class AsyncDatabase:
         self._close_callbacks: list[Callable[[], None]] = []
         self._expiry_added = asyncio.Event()
         self._sweeper_idle = False
-        self._queues = AsyncQueues(self)
+        # A database on a server reaches its named queues through the server's
+        # Cloudflare API (kvqueue.remote.queues), not through the storage.
+        self._remote = queues is not None
+        self._server = server
+        self._queues = queues if queues is not None else AsyncQueues(self)
         self._tokens = AsyncTokens(self)
         self._sweeper = asyncio.create_task(self._sweep_expired())
 
@@ -76,6 +81,11 @@ class AsyncDatabase:
     def storage(self) -> Storage:
         """The storage this database runs on (the boundary of :mod:`kvqueue.storage.base`)."""
         return self._storage
+
+    @property
+    def server(self) -> Server | None:
+        """The kvqueue server this database is on (``kvqueue.open("http://…")``), or None."""
+        return self._server
 
     @property
     def lease_ms(self) -> int:
@@ -91,7 +101,7 @@ class AsyncDatabase:
     def queue(self, name: str) -> AsyncQueue:
         """The named queue ``name``, to send to and pull from (it must be created first)."""
         self._ensure_open()
-        return AsyncQueue(self, name)
+        return self._queues.queue(name)
 
     @property
     def tokens(self) -> AsyncTokens:
@@ -103,7 +113,14 @@ class AsyncDatabase:
         """The named queues of one account (:mod:`kvqueue.accounts`); ``db.queues``
         is the default account's."""
         self._ensure_open()
-        return self._queues if account == self._queues.account else AsyncQueues(self, account)
+        if account == self._queues.account:
+            return self._queues
+        if self._remote:
+            raise errors.Forbidden(
+                f"this database is the server's account {self._queues.account!r}; "
+                f"a token of {account!r} reaches that one"
+            )
+        return AsyncQueues(self, account)
 
     def _ensure_open(self) -> None:
         if self._closing:
@@ -167,25 +184,27 @@ class AsyncDatabase:
 
     async def watch(self, keys: Iterable[Key]) -> AsyncGenerator[builtins.list[model.Entry], None]:
         """Yield the entries of ``keys`` now, then again whenever one of them changes."""
-        wanted = list(keys)
+        self._ensure_open()
+        wanted = [tuple(k) if isinstance(k, list) else k for k in keys]
         if len(wanted) > limits.MAX_WATCHED_KEYS:
             raise errors.TooManyWatchedKeys(
                 "MAX_WATCHED_KEYS", limits.MAX_WATCHED_KEYS, len(wanted)
             )
-        last: builtins.list[str | None] | None = None
-        while not self._closing:
-            # Start waiting before reading, so a commit landing after the read wakes us.
-            changed = asyncio.ensure_future(self._storage.wait(None, timeout_ms=_WATCH_RECHECK_MS))
-            await asyncio.sleep(0)
-            try:
-                entries = await self.get_many(wanted)
-                stamps = [e.versionstamp for e in entries]
-                if stamps != last:
-                    last = stamps
-                    yield entries
-                await first_of(changed, self._closed.wait())
-            finally:
-                changed.cancel()
+        stream = self._storage.watch([encode_read_key(k) for k in wanted])
+        try:
+            while not self._closing:
+                following = asyncio.ensure_future(anext(stream))
+                await first_of(asyncio.shield(following), self._closed.wait())
+                if not following.done():
+                    following.cancel()
+                    return
+                try:
+                    stored = following.result()
+                except (StopAsyncIteration, errors.DatabaseClosed):
+                    return
+                yield [values.entry_from_stored(k, e) for k, e in zip(wanted, stored, strict=True)]
+        finally:
+            await stream.aclose()
 
     def atomic(self) -> AsyncAtomicOperation:
         """Start an atomic operation: ``.check()``, ``.set()``, ..., then ``.commit()``."""
@@ -336,14 +355,20 @@ async def open_async(
     """Open a database for asyncio code.
 
     Args:
-        path: a SQLite file (``app.db``, ``sqlite:///app.db``) or ``:memory:``.
-        token: the bearer token of a kvqueue server (for ``http://`` URLs).
+        path: a SQLite file (``app.db``, ``sqlite:///app.db``), ``:memory:``, a
+            PostgreSQL URL (``postgresql://…``) or a kvqueue server (``http://…``).
+        token: the bearer token of a kvqueue server (default: env ``KVQUEUE_TOKEN``).
         clock: where time comes from; tests pass a ``FakeClock``.
         kv_queue_backlog: most undelivered KV-queue messages before ``QueueFull``.
         lease_ms: how long a handler holds a message before it may be redelivered
             (renewed while the handler runs).
     """
-    del token  # used by the remote backend, which comes with the server
+    if is_url(path):
+        from kvqueue.remote.database import connect
+
+        return await connect(
+            path, token=token, clock=clock, kv_queue_backlog=kv_queue_backlog, lease_ms=lease_ms
+        )
     storage = await open_storage(path, clock=clock)
     try:
         return AsyncDatabase(storage, kv_queue_backlog=kv_queue_backlog, lease_ms=lease_ms)

@@ -404,6 +404,7 @@ ERROR_CODES: dict[type[KvQueueError], tuple[int, int]] = {
     TokenNotFound: (404, 10000),
     RouteNotFound: (404, 7003),  # Cloudflare's "No route for the URI"
     MethodNotAllowed: (405, 7001),
+    TypeMismatch: (400, 10207),
 }
 
 
@@ -423,6 +424,21 @@ def from_response(status: int, code: int, message: str) -> KvQueueError:
         candidates = [cls for cls, pair in ERROR_CODES.items() if pair[0] == status]
     # The deepest class wins (QueuePaused over KvQueueError, say).
     cls = max(candidates, key=lambda c: len(c.__mro__), default=KvQueueError)
+    return rebuilt(cls, message)
+
+
+def by_name(name: str | None, status: int, message: str) -> KvQueueError:
+    """The error a server named by its class (KV Connect's ``x-kvqueue-error``),
+    rebuilt on the client; an unknown name falls back to the status alone."""
+    cls = globals().get(name or "")
+    if isinstance(cls, type) and issubclass(cls, KvQueueError):
+        return rebuilt(cls, message)
+    return from_response(status, 0, message)
+
+
+def rebuilt(cls: type[KvQueueError], message: str) -> KvQueueError:
+    """An instance of ``cls`` carrying ``message`` as is (its own constructor may
+    want other arguments)."""
     error = cls.__new__(cls)
     KvQueueError.__init__(error, message)
     return error

@@ -34,6 +34,8 @@ MAX_KV_PAYLOAD_BYTES = 65_536
 MAX_KV_DELAY_MS = 30 * 24 * 3600 * 1000
 #: Most entries in a backoff schedule.
 MAX_BACKOFF_ENTRIES = 5
+#: Longest ``expire_in`` (ms): a century, far inside what the stores' 64-bit times hold.
+MAX_EXPIRE_IN_MS = 100 * 365 * 24 * 3600 * 1000
 #: Longest single backoff interval: one hour in milliseconds.
 MAX_BACKOFF_MS = 3_600_000
 #: Most keys_if_undelivered on one message.

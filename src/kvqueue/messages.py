@@ -147,6 +147,25 @@ def build_send(
     )
 
 
+def raw_send(queue: str, data: bytes, content_type: str, delay: int | None) -> model.Enqueue:
+    """A checked message for ``queue`` whose body is already encoded (as it arrives over
+    the wire); a ``delay`` (ms) of None means the queue's own delay."""
+    kind = content_type_of(content_type)
+    if len(data) > limits.MAX_MESSAGE_BYTES:
+        raise errors.MessageTooLarge("MAX_MESSAGE_BYTES", limits.MAX_MESSAGE_BYTES, len(data))
+    try:
+        decode_body(data, kind)
+    except errors.CorruptValue as exc:
+        raise errors.InvalidMessage(f"the body is not valid {kind}: {exc}") from exc
+    return model.Enqueue(
+        queue=check_name(queue),
+        message_id=new_message_id(),
+        body=data,
+        content_type=kind,
+        delay_ms=None if delay is None else delay_ms(delay / 1000),
+    )
+
+
 def build_batch(
     queue: str, messages: Iterable[MessageSendRequest | Any], delay_seconds: float | None
 ) -> tuple[model.Enqueue, ...]:

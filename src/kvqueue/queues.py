@@ -6,6 +6,7 @@ one and pulls from it. Push consumers live in :mod:`kvqueue.worker`.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import re
 import secrets
@@ -640,7 +641,9 @@ class AsyncQueue:
         storage = self._db.storage
         policy = RetryPolicy(consumer)
         max_leases = consumer.max_concurrency if consumer.type == "worker" else None
-        deadline = storage.clock.now_ms() + wait
+        # The wait is real time (a long poll), whatever clock the storage runs on.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait / 1000
         pulled: list[PulledMessage] = []
         while True:
             looked_at = storage.clock.now_ms()
@@ -663,7 +666,7 @@ class AsyncQueue:
                         _lease_id(message),
                     )
                 )
-            remaining = deadline - storage.clock.now_ms()
+            remaining = round((deadline - loop.time()) * 1000)
             if pulled or remaining <= 0:
                 break
             await storage.wait(

@@ -99,8 +99,13 @@ class _Facade:
 def _blocking(
     method: Callable[Concatenate[A, P], Awaitable[T]],
 ) -> Callable[Concatenate[Any, P], T]:
+    name = method.__name__
+
     def call(self: _Facade, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._portal.run(method, self._async, *args, **kwargs)
+        # Looked up on the object, not taken from the class: a remote database's
+        # queues are another class with the same methods.
+        bound: Callable[P, Awaitable[T]] = getattr(self._async, name)
+        return self._portal.run(bound, *args, **kwargs)
 
     return cast("Callable[Concatenate[Any, P], T]", functools.wraps(method)(call))
 

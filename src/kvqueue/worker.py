@@ -37,7 +37,8 @@ from kvqueue.consumers import Consumer, RetryPolicy, load_consumer, make_consume
 from kvqueue.database import AsyncDatabase
 from kvqueue.delivery import Decision, Engine, HandlerRunner, Source, StorageSource
 from kvqueue.messages import check_name
-from kvqueue.remote import RemoteQueues, Server, is_url
+from kvqueue.remote import Server, is_url
+from kvqueue.remote.worker import RemoteQueues
 
 if TYPE_CHECKING:
     from kvqueue.sync import Database
@@ -195,7 +196,11 @@ class Worker:
             queues: _LocalQueues | RemoteQueues = RemoteQueues(server, lease_ms=lease_ms)
         else:
             db = database or self._async_database()
-            queues = _LocalQueues(db, self.account or DEFAULT_ACCOUNT)
+            if db.server is not None:
+                # A database on a server: consume through the server, as for a URL.
+                queues = RemoteQueues(db.server, lease_ms=db.lease_ms, owned=False)
+            else:
+                queues = _LocalQueues(db, self.account or DEFAULT_ACCOUNT)
         try:
             await self._serve(queues)
         finally:

@@ -1,6 +1,8 @@
 """``kvqueue serve``: the Cloudflare Queues REST API over a kvqueue database.
 
-One process, one port, on uvicorn (uvloop and httptools) with Starlette.
+One process, one port, on uvicorn (uvloop and httptools) with Starlette. The same
+port also speaks HTTP/2 cleartext to clients that open with the HTTP/2 preface
+(h2c with prior knowledge, as the Deno CLI does): see :mod:`kvqueue.server.h2c`.
 Needs the ``server`` extra: ``pip install 'kvqueue[server]'``.
 """
 
@@ -40,6 +42,8 @@ def serve(
     try:
         import uvicorn
         import uvloop
+
+        from kvqueue.server.h2c import SniffingProtocol
     except ImportError as exc:
         raise errors.MissingDependency(
             "kvqueue serve needs the server extra: pip install 'kvqueue[server]'"
@@ -56,7 +60,9 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # HTTP/1.1 on httptools as before; connections that open with the HTTP/2
+        # preface go to h2 instead.
+        http=SniffingProtocol,
         lifespan="on",
         log_level=log_level.lower(),
         access_log=False,
@@ -72,6 +78,11 @@ def serve(
                 # uvicorn raises SIGTERM again after its graceful shutdown, which
                 # would end the process with -15; a drained server exits 0 instead.
                 getattr(self, "_captured_signals", []).clear()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Watch streams never finish by themselves; end them before draining.
+            app.state.stopping.set()
+            await super().shutdown(sockets)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)

@@ -9,6 +9,7 @@ here, once, for every route.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -144,7 +145,8 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
+    """The request body, refused past ``limits.MAX_REQUEST_BYTES``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.MAX_REQUEST_BYTES:
         raise errors.RequestTooLarge("MAX_REQUEST_BYTES", limits.MAX_REQUEST_BYTES, int(declared))
@@ -166,7 +168,7 @@ def _route(endpoint: Endpoint) -> Route:
             account = request.path_params.get("account_id", token.account)
             if token.account != account:
                 raise errors.Forbidden("this token is for another account")
-            raw = await _read_body(request) if request.method in ("POST", "PUT", "PATCH") else b""
+            raw = await read_body(request) if request.method in ("POST", "PUT", "PATCH") else b""
             call = Call(
                 request,
                 token,
@@ -230,6 +232,8 @@ def create_app(
 ) -> Starlette:
     """The server's ASGI app over ``database`` (or a function opening it at startup,
     which the app then closes at shutdown)."""
+    from kvqueue.server.kv import Keyspaces, routes
+
     if endpoints is None:
         from kvqueue.server.routes import ENDPOINTS
 
@@ -241,14 +245,18 @@ def create_app(
         db = database if isinstance(database, AsyncDatabase) else await database()
         app.state.database = db
         app.state.queue_ids = QueueIds(db)
+        app.state.keyspaces = Keyspaces(db)
         try:
             yield
         finally:
             if owned:
                 await db.close()
 
-    return Starlette(
-        routes=_routes(endpoints),
+    app = Starlette(
+        routes=[*_routes(endpoints), *routes()],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # Set when the server starts shutting down: long-lived streams (watch) end then.
+    app.state.stopping = asyncio.Event()
+    return app

@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from kvqueue import errors, limits
 from kvqueue.accounts import split_name
-from kvqueue.consumers import BODY_ENCODINGS, DEFAULT_PULL_CONSUMER, load_consumer, whole_number
+from kvqueue.atomic import KV_QUEUE
+from kvqueue.consumers import DEFAULT_PULL_CONSUMER, load_consumer, whole_number
 from kvqueue.messages import MessageSendRequest
-from kvqueue.queues import QueueInfo, queue_info
+from kvqueue.queues import QueueInfo, QueueMetrics, queue_info
 from kvqueue.server import cloudflare
 from kvqueue.server.app import Call, Endpoint, json_response
 from kvqueue.server.cloudflare import field, items, number
@@ -119,6 +120,17 @@ async def queue_metrics(call: Call) -> Any:
     return cloudflare.metrics_json(await call.queues.metrics(await call.queue_name(None)))
 
 
+async def kv_queue_metrics(call: Call) -> Any:
+    """kvqueue's extension: the metrics of the account's KV queue, which the
+    Cloudflare API cannot name (``db.queues.metrics(KV_QUEUE)``)."""
+    try:
+        metrics = await call.queues.metrics(KV_QUEUE)
+    except errors.QueueNotFound:
+        # An account's KV queue is made when first used; until then it is empty.
+        metrics = QueueMetrics(0, 0, 0)
+    return cloudflare.metrics_json(metrics)
+
+
 # --- purge ------------------------------------------------------------------------------
 
 
@@ -134,17 +146,10 @@ async def start_purge(call: Call) -> Any:
 
 
 async def purge_status(call: Call) -> Any:
-    purged = await call.queues.last_purge(await call.queue_name(None))
-    if purged is None:
-        return {"started_at": None, "completed": None, "complete": False}
-    return {"started_at": cloudflare.timestamp(purged), "completed": "true", "complete": True}
+    return cloudflare.purge_status_json(await call.queues.last_purge(await call.queue_name(None)))
 
 
 # --- messages ---------------------------------------------------------------------------
-
-
-def _send_metrics(metrics: Any) -> dict[str, Any]:
-    return {"metadata": {"metrics": cloudflare.metrics_json(metrics)}}
 
 
 def _content_type(body: dict[str, Any]) -> str:
@@ -156,44 +161,48 @@ def _content_type(body: dict[str, Any]) -> str:
     return str(content_type)
 
 
+def _pushed(message: dict[str, Any], missing: str) -> MessageSendRequest:
+    if message.get("body") is None:
+        raise errors.InvalidMessage(missing)
+    # kvqueue's extension: body_encoding "base64" carries any content type's exact bytes.
+    encoding = field(message, "body_encoding", str)
+    if encoding is None:
+        body, content_type = message["body"], _content_type(message)
+    elif encoding == "base64":
+        body, content_type = cloudflare.pushed_body(message)
+    else:
+        raise errors.InvalidMessage(f'a pushed body_encoding is "base64", got {encoding!r}')
+    return MessageSendRequest(body, content_type, number(message, "delay_seconds"))
+
+
 async def push(call: Call) -> Any:
     name = await call.queue_name("produce")
-    if "body" not in call.body or call.body["body"] is None:
-        raise errors.InvalidMessage("a message needs a body")
+    message = _pushed(call.body, "a message needs a body")
     sent = await call.queues.queue(name).send(
-        call.body["body"],
-        content_type=_content_type(call.body),
-        delay_seconds=number(call.body, "delay_seconds"),
+        message.body, content_type=message.content_type, delay_seconds=message.delay_seconds
     )
-    return _send_metrics(sent.metrics)
+    return cloudflare.sent_json(sent)
 
 
 async def push_batch(call: Call) -> Any:
     name = await call.queue_name("produce")
     if "messages" not in call.body:
         raise errors.EmptyBatch("a batch needs messages: [{body, content_type?, delay_seconds?}]")
-    requests = []
-    for message in items(call.body, "messages"):
-        if message.get("body") is None:
-            raise errors.InvalidMessage("each message of a batch needs a body")
-        requests.append(
-            MessageSendRequest(
-                message["body"], _content_type(message), number(message, "delay_seconds")
-            )
-        )
+    requests = [
+        _pushed(message, "each message of a batch needs a body")
+        for message in items(call.body, "messages")
+    ]
     sent = await call.queues.queue(name).send_batch(
         requests, delay_seconds=number(call.body, "delay_seconds")
     )
-    return _send_metrics(sent.metrics)
+    return cloudflare.sent_json(sent)
 
 
 async def pull(call: Call) -> Any:
     record = await call.queue("consume")
     consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
     # kvqueue's extensions (docs/http-api.md): wait_ms, consumer_id, lease, body_encoding.
-    encoding = field(call.body, "body_encoding", str, consumer.body_encoding)
-    if encoding not in BODY_ENCODINGS:
-        raise errors.InvalidOption(f'body_encoding is "base64" or "plain", got {encoding!r}')
+    encoding = cloudflare.request_body_encoding(call.body, consumer.body_encoding)
     pulled = await call.queues.queue(split_name(record.name)[1]).pull(
         _whole(call.body, "batch_size"),
         _whole(call.body, "visibility_timeout_ms"),
@@ -201,11 +210,7 @@ async def pull(call: Call) -> Any:
         consumer_id=field(call.body, "consumer_id", str),
         lease=field(call.body, "lease", str),
     )
-    return {
-        "message_backlog_count": pulled.backlog_count,
-        "messages": [cloudflare.pulled_json(m, encoding) for m in pulled.messages],
-        "metadata": {"metrics": cloudflare.metrics_json(pulled.metrics)},
-    }
+    return cloudflare.pull_json(pulled, encoding)
 
 
 async def extend(call: Call) -> Any:
@@ -236,22 +241,19 @@ async def ack(call: Call) -> Any:
     for item in items(call.body, "retries"):
         retries.append((field(item, "lease_id", str, ""), number(item, "delay_seconds")))
     acked = await call.queues.queue(name).ack(cloudflare.lease_ids(call.body, "acks"), retries)
-    return {
-        "ackCount": acked.ack_count,
-        "retryCount": acked.retry_count,
-        "warnings": acked.warnings,
-    }
+    return cloudflare.ack_json(acked)
 
 
 async def peek(call: Call) -> Any:
     record = await call.queue("consume")
     consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+    encoding = cloudflare.request_body_encoding(call.body, consumer.body_encoding)
     size = _whole(call.body, "batch_size")
     if size is None:  # 0 is out of range, as for pull, not the default
         size = limits.DEFAULT_PULL_BATCH_SIZE
     whole_number("batch_size", size, 1, limits.MAX_PULL_BATCH_SIZE)  # named as sent
     peeked = await call.queues.peek(split_name(record.name)[1], size)
-    return {"messages": [cloudflare.peeked_json(m, consumer.body_encoding) for m in peeked]}
+    return {"messages": [cloudflare.peeked_json(m, encoding) for m in peeked]}
 
 
 async def purge_messages(call: Call) -> Any:
@@ -317,6 +319,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PATCH", "/queues/{queue_id}", edit_queue),
     Endpoint("DELETE", "/queues/{queue_id}", delete_queue),
     Endpoint("GET", "/queues/{queue_id}/metrics", queue_metrics),
+    Endpoint("GET", "/kv-queue/metrics", kv_queue_metrics),
     Endpoint("POST", "/queues/{queue_id}/purge", start_purge),
     Endpoint("GET", "/queues/{queue_id}/purge", purge_status),
     Endpoint("POST", "/queues/{queue_id}/messages", push),

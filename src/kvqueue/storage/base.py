@@ -13,7 +13,7 @@ durations, never instants.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from kvqueue import model
@@ -136,6 +136,15 @@ class Storage(Protocol):
         ``timeout_ms`` is real time: a safety net for a missed wake-up, not a
         schedule. Only a hint: callers re-check, and correctness never depends
         on it.
+        """
+        ...
+
+    def watch(self, keys: Sequence[bytes]) -> AsyncGenerator[list[model.StoredEntry | None], None]:
+        """The entries at ``keys`` (None: absent) now, then again each time one of
+        them has a new versionstamp (changes close together may come as one).
+
+        Runs until the caller stops iterating; raises DatabaseClosed once the
+        storage is closed.
         """
         ...
 

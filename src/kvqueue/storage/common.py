@@ -7,13 +7,17 @@ Only mechanics live here; policy stays above the storage boundary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from importlib import resources
 from typing import Any
 
 from kvqueue import errors, model
 from kvqueue.clock import Clock
+from kvqueue.keys import successor
 from kvqueue.waiting import first_of
+
+# How long a watch waits for a wake-up before reading its keys again anyway.
+_WATCH_RECHECK_MS = 5_000
 
 
 class CheckFailed(Exception):
@@ -54,12 +58,15 @@ class Signal:
 
 
 class Waits:
-    """``changes`` and ``wait`` of :class:`Storage`, for a backend that has a
+    """``changes``, ``wait`` and ``watch`` of :class:`Storage`, for a backend that has a
     :class:`Signal` it fires on every change and can read a queue's next
     visible time."""
 
     clock: Clock
     _signal: Signal
+
+    async def read(self, ranges: Sequence[model.ReadRange]) -> list[list[model.StoredEntry]]:
+        raise NotImplementedError
 
     async def _next_visible(self, queue: str, since: int) -> int | None:
         """The earliest ``visible_at`` of ``queue`` later than ``since``."""
@@ -94,6 +101,26 @@ class Waits:
         if due_in is not None:
             waits.append(self.clock.sleep(due_in / 1000))
         await first_of(*waits)
+
+    async def watch(
+        self, keys: Sequence[bytes]
+    ) -> AsyncGenerator[list[model.StoredEntry | None], None]:
+        """See :meth:`kvqueue.storage.base.Storage.watch`."""
+        ranges = [model.ReadRange(k, successor(k), 1) for k in keys]
+        last: list[bytes | None] | None = None
+        while True:
+            # Start waiting before reading, so a commit landing after the read wakes us.
+            changed = asyncio.ensure_future(self.wait(None, timeout_ms=_WATCH_RECHECK_MS))
+            await asyncio.sleep(0)
+            try:
+                entries = [page[0] if page else None for page in await self.read(ranges)]
+                stamps = [None if e is None else e.versionstamp for e in entries]
+                if stamps != last:
+                    last = stamps
+                    yield entries
+                await changed
+            finally:
+                changed.cancel()
 
 
 def backlog_bounds(

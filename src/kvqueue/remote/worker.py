@@ -12,9 +12,7 @@ as for a local worker. Needs the ``remote`` extra (httpx).
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +20,7 @@ from kvqueue import errors, model
 from kvqueue.clock import Clock, SystemClock
 from kvqueue.consumers import Consumer
 from kvqueue.delivery import Decision
+from kvqueue.remote.http import Server
 from kvqueue.server import cloudflare
 
 logger = logging.getLogger("kvqueue")
@@ -31,114 +30,38 @@ logger = logging.getLogger("kvqueue")
 _LONG_POLL_MS = 1_000
 # How often a worker whose queue is paused (or not its own) looks again.
 _GATE_POLL_SECONDS = 1.0
-_TIMEOUT_SECONDS = 60.0
-
-
-def is_url(database: object) -> bool:
-    """Whether ``database`` names a server rather than a file."""
-    return isinstance(database, str) and database.startswith(("http://", "https://"))
-
-
-class Server:
-    """A kvqueue server's REST API, reached with one bearer token.
-
-    Args:
-        url: the server, e.g. ``http://127.0.0.1:8787``.
-        token: its bearer token (default: env ``KVQUEUE_TOKEN``).
-        account: the account to use (default: the token's own).
-    """
-
-    def __init__(self, url: str, token: str | None = None, *, account: str | None = None) -> None:
-        try:
-            import httpx
-        except ImportError as exc:
-            raise errors.MissingDependency(
-                "reaching a kvqueue server needs the remote extra: pip install 'kvqueue[remote]'"
-            ) from exc
-        token = token or os.environ.get("KVQUEUE_TOKEN")
-        if not token:
-            raise errors.Unauthenticated(f"{url} needs a token: pass token= or set KVQUEUE_TOKEN")
-        self.url = url.rstrip("/")
-        self._account = account
-        self._http = httpx.AsyncClient(
-            base_url=f"{self.url}/client/v4",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=_TIMEOUT_SECONDS,
-        )
-
-    async def close(self) -> None:
-        """Close the connections."""
-        await self._http.aclose()
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One API call; returns ``result``, or raises the error the server named."""
-        import httpx
-
-        try:
-            response = await self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise errors.StorageError(f"cannot reach {self.url}: {exc}") from exc
-        try:
-            envelope = response.json()
-        except ValueError:
-            envelope = None
-        if not isinstance(envelope, dict):
-            raise errors.StorageError(
-                f"{self.url} answered {response.status_code} without a JSON envelope"
-            )
-        if response.status_code >= 400:
-            problems = envelope.get("errors") or [{}]
-            first = problems[0] if isinstance(problems[0], dict) else {}
-            raise errors.from_response(
-                response.status_code,
-                int(first.get("code", 0)),
-                str(first.get("message", f"HTTP {response.status_code}")),
-            )
-        return envelope.get("result")
-
-    async def account(self) -> str:
-        """The account this client works in (asked of the server once if not given)."""
-        if self._account is None:
-            verified = await self.call("GET", "/user/tokens/verify")
-            self._account = str(verified["account"])
-        return self._account
-
-    async def queue(self, name: str) -> dict[str, Any]:
-        """The Queue object of ``name``; raises QueueNotFound."""
-        account = await self.account()
-        found = await self.call("GET", f"/accounts/{account}/queues?name={name}")
-        for queue in found or []:
-            if queue.get("queue_name") == name:
-                return dict(queue)
-        raise errors.QueueNotFound(name)
-
-    async def queue_path(self, name: str) -> str:
-        """The API path of queue ``name``."""
-        queue = await self.queue(name)
-        return f"/accounts/{await self.account()}/queues/{queue['queue_id']}"
 
 
 class RemoteQueues:
     """A Worker's view of its queues on a server (the local twin lives in ``worker``)."""
 
-    def __init__(self, server: Server, *, lease_ms: int) -> None:
+    def __init__(self, server: Server, *, lease_ms: int, owned: bool = True) -> None:
         self.server = server
         self.lease_ms = lease_ms
+        # A server borrowed from an open database is closed with that database.
+        self._owned = owned
 
     async def claim(self, queue: str, consumer: Consumer) -> Consumer:
         """Register ``consumer`` on ``queue``, or take over its settings if the same
         worker is registered; another consumer raises ConsumerExists."""
         path = await self.server.queue_path(queue)
-        existing = await self.server.call("GET", f"{path}/consumers")
         body = cloudflare.consumer_request(consumer)
-        if not existing:
-            stored = await self.server.call("POST", f"{path}/consumers", body)
-        else:
-            current = cloudflare.consumer_from_json(existing[0])
-            if current.type != "worker" or current.script_name != consumer.script_name:
-                raise errors.ConsumerExists(queue, current.describe())
-            stored = await self.server.call("PUT", f"{path}/consumers/{current.consumer_id}", body)
-        return cloudflare.consumer_from_json(stored)
+        for attempt in range(2):
+            existing = await self.server.call("GET", f"{path}/consumers")
+            if existing:
+                current = cloudflare.consumer_from_json(existing[0])
+                if current.type != "worker" or current.script_name != consumer.script_name:
+                    raise errors.ConsumerExists(queue, current.describe())
+                url = f"{path}/consumers/{current.consumer_id}"
+                return cloudflare.consumer_from_json(await self.server.call("PUT", url, body))
+            try:
+                stored = await self.server.call("POST", f"{path}/consumers", body)
+            except errors.ConsumerExists:
+                if attempt:
+                    raise
+                continue  # another worker registered first: take its settings over
+            return cloudflare.consumer_from_json(stored)
+        raise AssertionError("unreachable")
 
     def source(self, queue: str, consumer: Consumer) -> RemoteSource:
         """Where an engine takes ``queue``'s batches from."""
@@ -158,8 +81,9 @@ class RemoteQueues:
         return None
 
     async def close(self) -> None:
-        """Close the connections."""
-        await self.server.close()
+        """Close the connections (unless the server belongs to an open database)."""
+        if self._owned:
+            await self.server.close()
 
 
 class RemoteSource:
@@ -188,7 +112,8 @@ class RemoteSource:
             "consumer_id": self._consumer.consumer_id,
             "lease": lease,
             "wait_ms": wait_ms,
-            "body_encoding": "base64",
+            # Every body as the base64 of its bytes, so text that is not UTF-8 stays exact.
+            "body_encoding": "raw",
         }
         try:
             result = await self._server.call("POST", f"{await self._messages_path()}/pull", body)
@@ -236,15 +161,13 @@ class RemoteSource:
 
 
 def _leased(queue: str, message: dict[str, Any]) -> model.LeasedMessage:
-    content_type = str(message.get("metadata", {}).get("CF-Content-Type", "json"))
-    body = message["body"]
-    raw = body.encode() if content_type == "text" else base64.b64decode(body)
+    pulled = cloudflare.pulled_from_json(message, "raw")
     return model.LeasedMessage(
         queue,
-        str(message["id"]),
-        raw,
-        content_type,
-        int(message["timestamp_ms"]),
-        int(message["attempts"]),
-        str(message["lease_id"]),
+        pulled.id,
+        pulled.raw,
+        pulled.content_type,
+        pulled.timestamp_ms,
+        pulled.attempts,
+        pulled.lease_id,
     )
