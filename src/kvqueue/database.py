@@ -66,7 +66,6 @@ class AsyncDatabase:
         self._sweeper_idle = False
         # A database on a server reaches its named queues through the server's
         # Cloudflare API (kvqueue.remote.queues), not through the storage.
-        self._remote = queues is not None
         self._server = server
         self._queues = queues if queues is not None else AsyncQueues(self)
         self._tokens = AsyncTokens(self)
@@ -115,7 +114,7 @@ class AsyncDatabase:
         self._ensure_open()
         if account == self._queues.account:
             return self._queues
-        if self._remote:
+        if self._server is not None:
             raise errors.Forbidden(
                 f"this database is the server's account {self._queues.account!r}; "
                 f"a token of {account!r} reaches that one"

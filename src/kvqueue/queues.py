@@ -6,7 +6,6 @@ one and pulls from it. Push consumers live in :mod:`kvqueue.worker`.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import re
 import secrets
@@ -40,11 +39,13 @@ from kvqueue.messages import (
     decode_body,
     delay_ms,
 )
+from kvqueue.storage.common import lease_within
 
 if TYPE_CHECKING:
     from kvqueue.database import AsyncDatabase
 
-_LEASE = re.compile(r"[0-9a-f]{16}")
+#: A lease a pull consumer names itself: 16 lowercase hex characters.
+LEASE_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 # Concurrent changes to one queue's settings or consumer are retried this often.
 _CAS_ATTEMPTS = 50
@@ -224,7 +225,8 @@ def _lease_id(message: model.LeasedMessage) -> str:
     return f"{message.message_id}.{message.attempts}.{message.lease}"
 
 
-def _parse_lease_id(queue: str, lease_id: Any) -> model.LeasedMessage | None:
+def parse_lease_id(queue: str, lease_id: Any) -> model.LeasedMessage | None:
+    """The message a lease id names (enough of it to settle), or None if it is not one."""
     if not isinstance(lease_id, str):
         return None
     parts = lease_id.split(".")
@@ -287,7 +289,7 @@ class AsyncQueues:
             InvalidQueueName, InvalidOption, QueueExists.
         """
         check_name(name)
-        settings = _settings(
+        settings = checked_settings(
             default_settings(),
             delivery_delay=delivery_delay,
             message_retention_period=message_retention_period,
@@ -321,7 +323,7 @@ class AsyncQueues:
         check_name(name)
         for _ in range(_CAS_ATTEMPTS):
             current = (await self._record(name)).settings
-            wanted = _settings(
+            wanted = checked_settings(
                 current,
                 delivery_delay=delivery_delay,
                 message_retention_period=message_retention_period,
@@ -406,7 +408,7 @@ class AsyncQueues:
             ConsumerExists: the queue already has one (a queue has one consumer).
         """
         consumer = make_consumer(type, **settings)
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
 
         def decide(existing: Consumer | None) -> Consumer:
             if existing is not None:
@@ -422,7 +424,7 @@ class AsyncQueues:
     ) -> Consumer:
         """Replace the queue's consumer settings (adding the consumer if it has none)."""
         consumer = make_consumer(type, **settings)
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
         updated = await self._change_consumer(
             name, lambda existing: self._successor(consumer, existing), "updated"
         )
@@ -445,7 +447,7 @@ class AsyncQueues:
     async def claim_worker(self, name: str, consumer: Consumer) -> Consumer:
         """Register ``consumer`` (a worker) on the queue, or take over its settings if
         the same worker is registered already; another consumer raises ConsumerExists."""
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
 
         def decide(existing: Consumer | None) -> Consumer:
             if existing is not None and (
@@ -486,12 +488,13 @@ class AsyncQueues:
         raise errors.StorageError(f"queue {name!r} kept changing; its consumer was not {what}")
 
 
-def _no_self_dead_letter(name: str, consumer: Consumer) -> None:
+def no_self_dead_letter(name: str, consumer: Consumer) -> None:
+    """Refuse a consumer of ``name`` whose dead-letter queue is ``name`` itself."""
     if consumer.dead_letter_queue == name:
         raise errors.InvalidOption(f"queue {name!r} cannot be its own dead-letter queue")
 
 
-def _settings(current: model.QueueSettings, **given: Any) -> model.QueueSettings:
+def checked_settings(current: model.QueueSettings, **given: Any) -> model.QueueSettings:
     """``current`` with the given (not UNSET) settings checked and applied."""
     changes: dict[str, Any] = {}
     if given.get("delivery_delay", UNSET) is not UNSET:
@@ -636,21 +639,17 @@ class AsyncQueue:
         wait = whole_number("wait_ms", wait_ms, 0, limits.MAX_PULL_WAIT_MS)
         if lease is None:
             lease = secrets.token_hex(8)
-        elif not (isinstance(lease, str) and _LEASE.fullmatch(lease)):
+        elif not (isinstance(lease, str) and LEASE_PATTERN.fullmatch(lease)):
             raise errors.InvalidOption(f"a lease is 16 hex characters, got {lease!r}")
         storage = self._db.storage
         policy = RetryPolicy(consumer)
         max_leases = consumer.max_concurrency if consumer.type == "worker" else None
-        # The wait is real time (a long poll), whatever clock the storage runs on.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait / 1000
-        pulled: list[PulledMessage] = []
-        while True:
-            looked_at = storage.clock.now_ms()
-            seen = storage.changes
+
+        async def take() -> list[PulledMessage]:
             leased = await storage.lease(
                 self.stored_name, lease=lease, limit=size, lease_ms=timeout, max_leases=max_leases
             )
+            pulled: list[PulledMessage] = []
             for message in leased:
                 write = policy.exhausted(message)
                 if write is not None:
@@ -666,12 +665,9 @@ class AsyncQueue:
                         _lease_id(message),
                     )
                 )
-            remaining = round((deadline - loop.time()) * 1000)
-            if pulled or remaining <= 0:
-                break
-            await storage.wait(
-                self.stored_name, timeout_ms=remaining, after_ms=looked_at, since=seen
-            )
+            return pulled
+
+        pulled = await lease_within(storage, self.stored_name, wait, take)
         return PullResult(pulled, _metrics(await storage.stats(self.stored_name)))
 
     async def extend(self, lease_ids: Iterable[str], visibility_timeout_ms: int) -> list[str]:
@@ -682,7 +678,7 @@ class AsyncQueue:
         )
         held: dict[str, model.LeaseCheck] = {}
         for lease_id in lease_ids:
-            message = _parse_lease_id(self.stored_name, lease_id)
+            message = parse_lease_id(self.stored_name, lease_id)
             if message is not None:
                 held[lease_id] = model.LeaseCheck(message.message_id, message.lease)
         checks = list(held.values())
@@ -711,7 +707,7 @@ class AsyncQueue:
         kinds: list[tuple[str, str]] = []
         writes: list[model.AtomicWrite] = []
         for lease_id in acks:
-            held = _parse_lease_id(self.stored_name, lease_id)
+            held = parse_lease_id(self.stored_name, lease_id)
             if held is None:
                 warnings[str(lease_id)] = "unknown lease id"
                 continue
@@ -721,7 +717,7 @@ class AsyncQueue:
             )
         for item in retries:
             lease_id, delay = item if isinstance(item, tuple) else (item, None)
-            held = _parse_lease_id(self.stored_name, lease_id)
+            held = parse_lease_id(self.stored_name, lease_id)
             if held is None:
                 warnings[str(lease_id)] = "unknown lease id"
                 continue

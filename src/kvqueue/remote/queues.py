@@ -44,7 +44,7 @@ from kvqueue.messages import (
 
 # The embedded API's own checks, so that bad arguments fail as they do there.
 from kvqueue.queues import (
-    _LEASE,
+    LEASE_PATTERN,
     UNSET,
     AckResult,
     AsyncQueue,
@@ -54,9 +54,9 @@ from kvqueue.queues import (
     QueueInfo,
     QueueMetrics,
     SendResult,
-    _no_self_dead_letter,
-    _parse_lease_id,
-    _settings,
+    checked_settings,
+    no_self_dead_letter,
+    parse_lease_id,
 )
 from kvqueue.remote.http import Server
 from kvqueue.server import cloudflare
@@ -158,7 +158,7 @@ class AsyncRemoteQueues(AsyncQueues):
             "max_backlog": max_backlog,
             "max_backlog_bytes": max_backlog_bytes,
         }
-        _settings(default_settings(), **given)
+        checked_settings(default_settings(), **given)
         try:
             shape = await self._server.call(
                 "POST", self._queues_path, cloudflare.queue_request(given, name)
@@ -210,7 +210,7 @@ class AsyncRemoteQueues(AsyncQueues):
         }
         given = {key: value for key, value in given.items() if value is not UNSET}
         try:
-            _settings(default_settings(), **given)
+            checked_settings(default_settings(), **given)
         except errors.InvalidInput:
             await self._find(name)  # a missing queue is reported first, as locally
             raise
@@ -266,7 +266,7 @@ class AsyncRemoteQueues(AsyncQueues):
         """Give a queue its consumer (``POST /queues/{id}/consumers``); raises
         ConsumerExists if it has one."""
         consumer = make_consumer(type, **settings)
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
 
         def decide(existing: Consumer | None) -> Consumer:
             if existing is not None:
@@ -283,7 +283,7 @@ class AsyncRemoteQueues(AsyncQueues):
         """Replace the queue's consumer settings, adding the consumer if it has none
         (``PUT /queues/{id}/consumers/{consumer_id}``)."""
         consumer = make_consumer(type, **settings)
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
         updated = await self._set_consumer(name, lambda existing: consumer)
         assert updated is not None
         return updated
@@ -302,7 +302,7 @@ class AsyncRemoteQueues(AsyncQueues):
         """Register ``consumer`` (a worker) on the queue, or take over its settings if
         the same worker is registered already (``POST``, or ``PUT``, on the consumers);
         another consumer raises ConsumerExists."""
-        _no_self_dead_letter(name, consumer)
+        no_self_dead_letter(name, consumer)
 
         def decide(existing: Consumer | None) -> Consumer:
             if existing is not None and (
@@ -455,7 +455,7 @@ class AsyncRemoteQueue(AsyncQueue):
             lease_id, delay = item if isinstance(item, tuple) else (item, None)
             if not isinstance(lease_id, str):
                 warnings[str(lease_id)] = _UNKNOWN_LEASE
-            elif _parse_lease_id(self.stored_name, lease_id) is None:
+            elif parse_lease_id(self.stored_name, lease_id) is None:
                 retried.append((lease_id, None))  # warned about, its delay never looked at
             else:
                 delay_ms(delay)  # raises InvalidDelay as locally, before anything is settled
@@ -470,7 +470,7 @@ class AsyncRemoteQueue(AsyncQueue):
             # Locally a deleted queue still answers: its messages are gone, so every id warns.
             settled = [(i, _ACK_GONE) for i in ack_ids] + [(i, _RETRY_GONE) for i, _ in retried]
             for lease_id, gone in settled:
-                known = _parse_lease_id(self.stored_name, lease_id) is not None
+                known = parse_lease_id(self.stored_name, lease_id) is not None
                 warnings[lease_id] = gone if known else _UNKNOWN_LEASE
             return AckResult(0, 0, warnings)
         acked = cloudflare.ack_from_json(result)
@@ -509,6 +509,6 @@ def _pull_refusal(
         whole_number("wait_ms", wait_ms, 0, limits.MAX_PULL_WAIT_MS)
     except errors.InvalidInput as refused:
         return refused
-    if lease is not None and not (isinstance(lease, str) and _LEASE.fullmatch(lease)):
+    if lease is not None and not (isinstance(lease, str) and LEASE_PATTERN.fullmatch(lease)):
         return errors.InvalidOption(f"a lease is 16 hex characters, got {lease!r}")
     return None

@@ -137,7 +137,8 @@ class Endpoint:
     handler: Handler
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
+    """The request's bearer token; Unauthenticated if it has none."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
@@ -164,7 +165,7 @@ def _route(endpoint: Endpoint) -> Route:
     async def run(request: Request) -> Response:
         database: AsyncDatabase = request.app.state.database
         try:
-            token = await database.tokens.authenticate(_bearer(request))
+            token = await database.tokens.authenticate(bearer(request))
             account = request.path_params.get("account_id", token.account)
             if token.account != account:
                 raise errors.Forbidden("this token is for another account")

@@ -9,7 +9,6 @@ reserved keys (tokens) or another account's keys.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
 from collections.abc import AsyncGenerator, Sequence
@@ -29,6 +28,7 @@ from kvqueue.keys import decode_key, encode_write_key
 from kvqueue.messages import raw_send
 from kvqueue.model import MutationKind, ValueEncoding
 from kvqueue.server import kvconnect
+from kvqueue.storage.common import lease_within
 
 #: The highest key byte a range may reach: keys from 0xFF on are kvqueue's own.
 _RESERVED = b"\xff"
@@ -269,18 +269,14 @@ class Keyspace:
             raise errors.InvalidOption("a lease is named by 1 .. 64 characters")
         wait_ms = min(max(0, asked.wait_ms), limits.MAX_PULL_WAIT_MS)
         await self._ensure_queue()
-        # The wait is real time (a long poll), whatever clock the storage runs on.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_ms / 1000
-        while True:
-            since = self._storage.changes
-            leased = await self._storage.lease(
+
+        async def take() -> list[model.LeasedMessage]:
+            return await self._storage.lease(
                 self.kv_queue, lease=asked.lease, limit=asked.limit, lease_ms=asked.lease_ms
             )
-            remaining_ms = round((deadline - loop.time()) * 1000)
-            if leased or remaining_ms <= 0:
-                return [self._message(m) for m in leased]
-            await self._storage.wait(self.kv_queue, timeout_ms=remaining_ms, since=since)
+
+        leased = await lease_within(self._storage, self.kv_queue, wait_ms, take)
+        return [self._message(m) for m in leased]
 
     def _message(self, leased: model.LeasedMessage) -> Any:
         backoff, undelivered = decode_attributes(leased.attributes)

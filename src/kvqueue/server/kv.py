@@ -30,7 +30,7 @@ from starlette.routing import Route
 from kvqueue import errors
 from kvqueue.database import AsyncDatabase
 from kvqueue.server import kvconnect
-from kvqueue.server.app import read_body
+from kvqueue.server.app import bearer, read_body
 from kvqueue.server.keyspace import Keyspace
 from kvqueue.tokens import Scope, Token
 
@@ -53,16 +53,9 @@ def _failure(exc: errors.KvQueueError) -> Response:
     return Response(str(exc), status_code=exc.status, media_type="text/plain", headers=headers)
 
 
-def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise errors.Unauthenticated()
-    return value.strip()
-
-
 async def _token(request: Request) -> Token:
     database: AsyncDatabase = request.app.state.database
-    token = await database.tokens.authenticate(_bearer(request))
+    token = await database.tokens.authenticate(bearer(request))
     if token.queues is not None:
         raise errors.Forbidden("KV Connect needs a token for the whole account, not some queues")
     return token
@@ -95,7 +88,7 @@ async def metadata(request: Request) -> Response:
         "version": version,
         "databaseId": database_id(token.account),
         "endpoints": [{"url": endpoint, "consistency": "strong"}],
-        "token": _bearer(request),
+        "token": bearer(request),
         "expiresAt": expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
     return Response(orjson.dumps(body), media_type="application/json")

@@ -7,14 +7,16 @@ Only mechanics live here; policy stays above the storage boundary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from kvqueue import errors, model
 from kvqueue.clock import Clock
 from kvqueue.keys import successor
 from kvqueue.waiting import first_of
+
+T = TypeVar("T")
 
 # How long a watch waits for a wake-up before reading its keys again anyway.
 _WATCH_RECHECK_MS = 5_000
@@ -121,6 +123,23 @@ class Waits:
                 await changed
             finally:
                 changed.cancel()
+
+
+async def lease_within(
+    storage: Any, queue: str, wait_ms: int, take: Callable[[], Awaitable[list[T]]]
+) -> list[T]:
+    """``take()`` until it gives something or ``wait_ms`` of real time has passed (a
+    long poll, whatever clock the storage runs on), waiting on ``queue`` between tries."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_ms / 1000
+    while True:
+        looked_at = storage.clock.now_ms()
+        seen = storage.changes
+        taken = await take()
+        remaining = round((deadline - loop.time()) * 1000)
+        if taken or remaining <= 0:
+            return taken
+        await storage.wait(queue, timeout_ms=remaining, after_ms=looked_at, since=seen)
 
 
 def backlog_bounds(
