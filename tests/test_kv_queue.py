@@ -114,7 +114,10 @@ async def _run_failing(
     await adb.enqueue(
         "m", keys_if_undelivered=[dead, ("failed", "copy")], backoff_schedule=schedule
     )
-    task = await _listening(adb, recorder)
+    # One handler at a time: with more, the listener also sleeps until the
+    # in-flight lease runs out (30 s by default), a deadline the 30 s gap shares,
+    # and the clock could move before the retry is even committed.
+    task = await _listening(adb, recorder, concurrency=1)
     await recorder.wait_for(1)
     for gap in expected_gaps:
         last = recorder.calls[-1][1]

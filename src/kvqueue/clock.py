@@ -25,6 +25,14 @@ class Clock(Protocol):
         """Sleep for ``seconds`` of this clock's time."""
         ...
 
+    async def sleep_until(self, ms: int) -> None:
+        """Sleep until this clock reads ``ms``.
+
+        Waiting for a deadline read earlier must not be turned into a relative
+        sleep: the clock may move in between, and the sleep would end late.
+        """
+        ...
+
 
 class SystemClock:
     """The wall clock and asyncio's timers."""
@@ -36,6 +44,10 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep for real."""
         await asyncio.sleep(max(seconds, 0.0))
+
+    async def sleep_until(self, ms: int) -> None:
+        """Sleep for real until the wall clock reads ``ms``."""
+        await asyncio.sleep(max(ms - self.now_ms(), 0) / 1000)
 
 
 class FakeClock:
@@ -59,11 +71,21 @@ class FakeClock:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             deadline = self._now + max(1, round(seconds * 1000))
-            heapq.heappush(self._sleepers, (deadline, next(self._order), future))
-        await future
+        await self.sleep_until(deadline)
+
+    async def sleep_until(self, ms: int) -> None:
+        """Wait until the clock has been advanced to ``ms``."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            due = ms <= self._now
+            if not due:
+                heapq.heappush(self._sleepers, (ms, next(self._order), future))
+        if due:
+            await asyncio.sleep(0)
+        else:
+            await future
 
     def deadlines(self) -> list[int]:
         """When the current sleepers wake, earliest first (tests wait for a sleeper to appear)."""

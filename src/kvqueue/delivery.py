@@ -361,7 +361,7 @@ class Engine:
                 break
             await first_of(
                 self._source.wait(timeout_ms=remaining, after_ms=looked_at, since=seen),
-                clock.sleep(remaining / 1000),
+                clock.sleep_until(deadline),
                 self._stop.wait(),
             )
             looked_at = clock.now_ms()

@@ -92,16 +92,14 @@ class Waits:
         event = self._signal.current()
         if since is not None and self._signal.fired != since:
             return  # something changed after the caller looked: look again
-        due_in: int | None = None
+        upcoming: int | None = None
         if queue is not None:
             upcoming = await self._next_visible(queue, -1 if after_ms is None else after_ms)
-            if upcoming is not None:
-                due_in = upcoming - self.clock.now_ms()
-                if due_in <= 0:
-                    return
+            if upcoming is not None and upcoming <= self.clock.now_ms():
+                return
         waits: list[Awaitable[Any]] = [event.wait(), asyncio.sleep(timeout_ms / 1000)]
-        if due_in is not None:
-            waits.append(self.clock.sleep(due_in / 1000))
+        if upcoming is not None:
+            waits.append(self.clock.sleep_until(upcoming))
         await first_of(*waits)
 
     async def watch(

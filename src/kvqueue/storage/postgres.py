@@ -159,6 +159,10 @@ class ServerClock:
         """Sleep for real."""
         await self._base.sleep(seconds)
 
+    async def sleep_until(self, ms: int) -> None:
+        """Sleep until the server's clock reads ``ms``."""
+        await self._base.sleep_until(ms - self.offset_ms)
+
     async def sync(self, conn: Connection, samples: int = 5) -> None:
         """Measure the offset to the server's clock on ``conn``."""
         best: tuple[float, int] | None = None
