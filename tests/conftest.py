@@ -15,16 +15,6 @@ from tests.remote import running_server
 BACKENDS = ["sqlite", "memory", "postgres", "remote"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A conformance test marked ``remote_pending`` is expected to fail on the
-    ``remote`` backend (strictly: once it passes, the mark must go)."""
-    for item in items:
-        marker = item.get_closest_marker("remote_pending")
-        callspec = getattr(item, "callspec", None)
-        if marker and callspec is not None and callspec.params.get("url") == "remote":
-            item.add_marker(pytest.mark.xfail(reason=marker.args[0], strict=True))
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     """One PostgreSQL server for the whole run, started from Debian's binaries."""

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 
 import kvqueue
@@ -25,9 +26,48 @@ from kvqueue.server.app import create_app
 
 _START_SECONDS = 20
 
+#: The servers running now, by URL, so a test can reach the database behind one.
+_RUNNING: dict[str, ServerThread] = {}
+
+
+class Requests:
+    """What a server was asked over its Cloudflare REST API (``/client/v4/…``): each
+    request's method and path, and how many messages each pull answered with."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+        self.pulled: list[int] = []
+
+    def wrap(self, app: Any) -> Any:
+        """``app``, noting every REST request it answers."""
+
+        async def noted(scope: Any, receive: Any, send: Any) -> None:
+            path = scope.get("path", "")
+            if scope["type"] != "http" or not path.startswith("/client/v4/"):
+                await app(scope, receive, send)
+                return
+            self.made.append((scope["method"], path))
+            if not path.endswith("/messages/pull"):
+                await app(scope, receive, send)
+                return
+            body: list[bytes] = []
+
+            async def reading(message: Any) -> None:
+                if message["type"] == "http.response.body":
+                    body.append(message.get("body", b""))
+                    if not message.get("more_body"):
+                        result = orjson.loads(b"".join(body)).get("result") or {}
+                        self.pulled.append(len(result.get("messages") or []))
+                await send(message)
+
+            await app(scope, receive, reading)
+
+        return noted
+
 
 class ServerThread:
-    """``kvqueue serve`` on a thread: its URL, and tokens of one account."""
+    """``kvqueue serve`` on a thread: its URL, tokens of one account, and a note of the
+    REST requests it answered."""
 
     def __init__(self, db_path: Path, clock: Clock | None = None) -> None:
         self.db_path = db_path
@@ -39,6 +79,7 @@ class ServerThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._database: kvqueue.AsyncDatabase | None = None
         self._app: Any = None
+        self.requests = Requests()
         self._socket = socket.socket()
         self._socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
@@ -63,6 +104,12 @@ class ServerThread:
         )
         return future.result(_START_SECONDS)[1]
 
+    @property
+    def storage(self) -> Any:
+        """The served database's storage (for tests that inject a store failure)."""
+        assert self._database is not None, "the server is not running"
+        return self._database.storage
+
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
@@ -75,7 +122,7 @@ class ServerThread:
         self._database = await kvqueue.open_async(str(self.db_path), clock=self._clock)
         app = create_app(self._database)
         config = uvicorn.Config(
-            app,
+            self.requests.wrap(app),
             log_level="warning",
             lifespan="on",
             access_log=False,
@@ -108,7 +155,14 @@ class ServerThread:
 def running_server(db_path: Path, clock: Clock | None = None) -> Iterator[ServerThread]:
     """A started :class:`ServerThread`, stopped on exit."""
     server = ServerThread(db_path, clock).start()
+    _RUNNING[server.url] = server
     try:
         yield server
     finally:
+        del _RUNNING[server.url]
         server.stop()
+
+
+def served(url: str) -> ServerThread:
+    """The running server at ``url`` (see :func:`running_server`)."""
+    return _RUNNING[url]

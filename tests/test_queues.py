@@ -393,6 +393,48 @@ async def test_peek_count_out_of_range_raises(adb: kvqueue.AsyncDatabase) -> Non
     assert _kinds(raised) == dict.fromkeys(raised, "InvalidOption")
 
 
+async def test_browse_pages_every_message_in_send_order_while_consumed(
+    adb: kvqueue.AsyncDatabase,
+) -> None:
+    """browse_page visits delayed, visible and leased messages in send order, leasing
+    nothing; acks and sends between pages neither repeat nor skip a message that stays."""
+    q = await _queue(adb)
+    await q.send_batch(list(range(100)))
+    await q.send_batch(list(range(100, 200)), delay_seconds=600)
+    leased = (await q.pull(batch_size=10)).messages
+    first = await adb.queues.browse_page("q", 100)
+    assert [m.body for m in first.messages] == list(range(100))
+    assert {m.attempts for m in first.messages[:10]} == {1}
+    assert first.cursor is not None
+    await q.ack(acks=[m.lease_id for m in leased])  # already seen: nothing to skip
+    await q.send("late")
+    seen = [m.body for m in first.messages]
+    cursor: str | None = first.cursor
+    while cursor is not None:
+        page = await adb.queues.browse_page("q", 30, cursor=cursor)
+        seen += [m.body for m in page.messages]
+        cursor = page.cursor
+    assert seen == [*range(200), "late"]
+    assert (await q.metrics()).in_flight == 0
+    pages = [await adb.queues.browse_page("q", 100)]
+    while pages[-1].cursor is not None:
+        pages.append(await adb.queues.browse_page("q", 100, cursor=pages[-1].cursor))
+    assert [len(p.messages) for p in pages] == [100, 91]
+    assert [m.body for p in pages for m in p.messages] == [*range(10, 200), "late"]
+    raised = await _raised(
+        {
+            "n": functools.partial(adb.queues.browse_page, "q", 101),
+            "cursor": functools.partial(adb.queues.browse_page, "q", cursor="nope"),
+            "queue": functools.partial(adb.queues.browse_page, "nowhere"),
+        }
+    )
+    assert _kinds(raised) == {
+        "n": "InvalidOption",
+        "cursor": "InvalidInput",
+        "queue": "QueueNotFound",
+    }
+
+
 # --- 2. Producers ----------------------------------------------------------------
 
 
@@ -1526,3 +1568,34 @@ def test_sync_atomic_send(db: kvqueue.Database) -> None:
     with pytest.raises(kvqueue.QueueNotFound):
         db.atomic().set(("other",), 1).send("nope", "m").commit()
     assert db.get(("other",)).value is None
+
+
+async def test_concurrent_sends_each_see_their_own_message_in_the_metrics(
+    adb: kvqueue.AsyncDatabase,
+) -> None:
+    """The metrics a send returns are read after its own commit, even when 64 sends run
+    at once and share commits and reads: the k-th smallest backlog count is at least k."""
+    q = await _queue(adb)
+    results = await asyncio.gather(*(q.send(i) for i in range(64)))
+    counts = sorted(r.metrics.backlog_count for r in results)
+    assert all(count >= rank for rank, count in enumerate(counts, start=1)), counts
+    assert counts[-1] == 64
+    assert len({i for r in results for i in r.message_ids}) == 64
+
+
+async def test_one_ack_call_settles_each_message_once(adb: kvqueue.AsyncDatabase) -> None:
+    """Acks and retries in one call take effect together; a lease id given twice counts
+    once, and one that matches nothing is a warning that changes nothing."""
+    q = await _queue(adb)
+    await q.send_batch(["a", "b", "c", "d", "e"])
+    pulled = {m.body: m.lease_id for m in (await q.pull(batch_size=5)).messages}
+    result = await q.ack(
+        acks=[pulled["a"], pulled["a"], pulled["b"], "0" * 32],
+        retries=[pulled["c"], (pulled["d"], 0), pulled["c"]],
+    )
+    assert (result.ack_count, result.retry_count) == (2, 2)
+    assert "0" * 32 in result.warnings
+    assert await _backlog(adb) == 3
+    again = await q.pull(batch_size=5)
+    assert sorted(m.body for m in again.messages) == ["c", "d"]
+    assert {m.body: m.attempts for m in again.messages} == {"c": 2, "d": 2}

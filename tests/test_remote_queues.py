@@ -125,7 +125,8 @@ class Log:
             return (kind, *ids, *fields)
         if isinstance(value, AckResult):
             warnings = {self._name(k): v for k, v in value.warnings.items()}
-            return ("acked", value.ack_count, value.retry_count, warnings)
+            dead_lettered = [self._name(i) for i in value.dead_lettered]
+            return ("acked", value.ack_count, value.retry_count, warnings, dead_lettered)
         if isinstance(value, datetime):
             return "a time"
         if isinstance(value, dict):
@@ -529,6 +530,8 @@ async def test_retries_end_on_the_dead_letter_queue(
 
     log = await same(local, remote, sequence)
     assert outcome(log, "metrics").dead_lettered == 1
+    assert outcome(log, "retry 1")[4] == []
+    assert len(outcome(log, "retry 2")[4]) == 1
 
 
 # --- consumers ---------------------------------------------------------------------------
@@ -698,6 +701,45 @@ async def test_a_stale_cached_id_is_looked_up_again(
         assert caught.value.queue == "q"
     finally:
         await other.close()
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+async def test_an_error_the_server_raises_comes_back_as_its_own_class(
+    served: Served, local: AsyncQueues
+) -> None:
+    """Errors whose Cloudflare code other classes share (an out-of-range setting, an empty
+    batch) reach the remote client (``Server.call``, under the adapter and remote workers)
+    as the very class the embedded API raises for the same request, with its message: the
+    server names the class in ``x-kvqueue-error``."""
+    account, token = served.token()
+    server = Server(served.url, token)
+    try:
+        queues = f"/accounts/{account}/queues"
+        created = await server.call("POST", queues, {"queue_name": "q"})
+        batch = f"{queues}/{created['queue_id']}/messages/batch"
+        await local.create("q")
+        bad_setting = {"queue_name": "bad", "settings": {"delivery_delay": -1}}
+        cases: list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]]]] = [
+            (
+                lambda: local.create("bad", delivery_delay=-1),
+                lambda: server.call("POST", queues, bad_setting),
+            ),
+            (
+                lambda: local.queue("q").send_batch([]),
+                lambda: server.call("POST", batch, {"messages": []}),
+            ),
+        ]
+        for embedded, over_http in cases:
+            with pytest.raises(kvqueue.KvQueueError) as expected:
+                await embedded()
+            with pytest.raises(kvqueue.KvQueueError) as got:
+                await over_http()
+            assert type(got.value) is type(expected.value)
+            assert str(got.value) == str(expected.value)
+    finally:
+        await server.close()
 
 
 # --- the adapter's shape -----------------------------------------------------------------

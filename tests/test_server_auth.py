@@ -172,6 +172,21 @@ def test_a_token_limited_to_queues_sees_only_those(served: Served) -> None:
         assert http.get(f"/queues/{queue_b}").status_code == 404
 
 
+def test_a_token_limited_to_queues_opens_its_database_for_those_queues(served: Served) -> None:
+    """kvqueue.open(url) with a queue-limited token works for its queues; KV, which
+    such a token may not use, fails only when used, with Forbidden."""
+    account, admin = served.token()
+    make_queue(served, account, admin, "a")
+    _, limited = served.token(account, "produce", queues=["a"])
+    with kvqueue.open(served.url, token=limited) as db:
+        assert [q.name for q in db.queues.list()] == ["a"]
+        db.queue("a").send({"n": 1})
+        with pytest.raises(kvqueue.errors.Forbidden, match="queue"):
+            db.get(("k",))
+    with kvqueue.open(served.url, token=admin) as db:
+        assert db.queue("a").metrics().backlog_count == 1
+
+
 def test_the_default_account_is_the_embedded_api(served: Served) -> None:
     """Queues made with db.queues are the default account's over HTTP, and no other account's."""
     with kvqueue.open(str(served.db_path)) as db:

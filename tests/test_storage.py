@@ -1,5 +1,10 @@
 """The storage boundary itself, on every backend: writes that commit together
-(group commit) still succeed or fail one by one."""
+(group commit) still succeed or fail one by one.
+
+The writes go through the public API (``db.atomic()``), which every backend takes
+the same way: a local storage gets them straight, a server through KV Connect
+and commits them together just the same.
+"""
 
 from __future__ import annotations
 
@@ -8,58 +13,51 @@ import asyncio
 import pytest
 
 import kvqueue
-from kvqueue import errors, model
 
 
-def _send(queue: str, message_id: str) -> model.AtomicWrite:
-    return model.AtomicWrite(
-        enqueues=(model.Enqueue(queue, message_id, b"{}", "json", delay_ms=0),)
-    )
-
-
-async def _queue(adb: kvqueue.AsyncDatabase, name: str, max_backlog: int | None) -> None:
-    settings = model.QueueSettings(max_backlog=max_backlog)
-    await adb.storage.commit(
-        model.AtomicWrite(queue_changes=(model.CreateQueue(name, f"id-{name}", settings),))
-    )
-
-
-@pytest.mark.remote_pending(
-    "writes raw storage queue changes, which a server only takes through db.queues"
-)
 async def test_concurrent_sends_past_a_backlog_limit_are_refused_one_by_one(
     adb: kvqueue.AsyncDatabase,
 ) -> None:
-    """Twelve sends at once into a queue that holds 5, plus one to a missing queue: exactly
-    5 land, 7 get QueueFull, the stray one QueueNotFound, and the versionstamps all differ."""
-    await _queue(adb, "small", 5)
-    writes = [_send("small", f"m{i:02}") for i in range(12)] + [_send("nowhere", "stray")]
-    results = await asyncio.gather(*(adb.storage.commit(w) for w in writes), return_exceptions=True)
-    landed = [r for r in results if isinstance(r, model.Committed)]
+    """Twelve atomic sends at once into a queue that holds 5, plus one to a missing queue: exactly
+    5 commit, each with its own versionstamp, 7 get QueueFull, the stray one QueueNotFound; the
+    queue then holds those 5."""
+    await adb.queues.create("small", max_backlog=5)
+    sends = [adb.atomic().send("small", i) for i in range(12)]
+    sends.append(adb.atomic().send("nowhere", "stray"))
+    results = await asyncio.gather(*(op.commit() for op in sends), return_exceptions=True)
+    landed = [r for r in results if isinstance(r, kvqueue.CommitResult)]
     assert len(landed) == 5
+    assert all(r.ok for r in landed)
     assert len({r.versionstamp for r in landed}) == 5
-    assert sum(isinstance(r, errors.QueueFull) for r in results) == 7
-    assert isinstance(results[-1], errors.QueueNotFound)
-    stats = await adb.storage.stats("small")
-    assert stats.backlog_count == 5
-    assert len(await adb.storage.peek("small", limit=100)) == 5
+    assert sum(isinstance(r, kvqueue.QueueFull) for r in results) == 7
+    assert isinstance(results[-1], kvqueue.QueueNotFound)
+    assert (await adb.queues.metrics("small")).backlog_count == 5
+    bodies = [m.body for m in await adb.queues.peek("small", 100)]
+    assert sorted(bodies) == [
+        i for i, r in enumerate(results) if isinstance(r, kvqueue.CommitResult)
+    ]
 
 
-@pytest.mark.remote_pending("a server gives every message sent over the wire a new id")
-async def test_a_duplicate_message_id_fails_only_its_own_write(
-    adb: kvqueue.AsyncDatabase,
-) -> None:
-    """Among concurrent sends, the one reusing a stored message id fails with StorageError;
-    the others land."""
-    await _queue(adb, "jobs", None)
-    await adb.storage.commit(_send("jobs", "taken"))
-    writes = [_send("jobs", "a"), _send("jobs", "taken"), _send("jobs", "b")]
-    results = await asyncio.gather(*(adb.storage.commit(w) for w in writes), return_exceptions=True)
-    assert isinstance(results[0], model.Committed)
-    assert isinstance(results[1], errors.StorageError)
-    assert isinstance(results[2], model.Committed)
-    stored = {m.message_id for m in await adb.storage.peek("jobs", limit=10)}
-    assert stored == {"taken", "a", "b"}
+async def test_a_write_failing_part_way_fails_only_itself(adb: kvqueue.AsyncDatabase) -> None:
+    """Among concurrent writes, the one whose sum meets a stored string fails with
+    TypeMismatch after its set and send were applied: both are undone, and only it fails;
+    the sends around it land."""
+    await adb.queues.create("jobs")
+    await adb.set(("text",), "not a number")
+    writes = [
+        adb.atomic().send("jobs", "a"),
+        adb.atomic().set(("half",), 1).send("jobs", "bad").sum(("text",), 1),
+        adb.atomic().send("jobs", "b"),
+    ]
+    results = await asyncio.gather(*(op.commit() for op in writes), return_exceptions=True)
+    assert isinstance(results[0], kvqueue.CommitResult)
+    assert results[0].ok
+    assert isinstance(results[1], kvqueue.TypeMismatch)
+    assert isinstance(results[2], kvqueue.CommitResult)
+    assert results[2].ok
+    assert (await adb.get(("half",))).versionstamp is None
+    assert (await adb.get(("text",))).value == "not a number"
+    assert sorted(m.body for m in await adb.queues.peek("jobs", 10)) == ["a", "b"]
 
 
 @pytest.mark.parametrize("count", [1, 40])

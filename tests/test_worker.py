@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,10 +16,14 @@ import pytest
 
 import kvqueue
 from tests.helpers import asleep_until, wait_until, wait_until_async
+from tests.remote import served
 
 #: Most store round trips an idle worker may make in MEASURE_WINDOW_S of real time.
 #: Waiting for a wake-up it makes one or two; a busy loop makes hundreds.
 IDLE_POLL_BUDGET = 20
+#: Most requests an idle worker on a server may make per queue and second: a long
+#: poll and a look at the queue; a busy loop makes one per round trip (dozens).
+REMOTE_POLLS_PER_SECOND = 2
 MEASURE_WINDOW_S = 0.3
 
 
@@ -113,7 +119,43 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-class StoreSpy:
+class PollCounter:
+    """Counts the round trips idle workers make to what holds their queues, and how
+    many of their leases came back empty; :func:`poll_counter` makes the one that
+    fits a backend."""
+
+    #: How long the last :meth:`round_trips_in_window` took (its pokes may stretch it).
+    window_s = 0.0
+
+    @property
+    def empty_leases(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def round_trips(self) -> int:
+        raise NotImplementedError
+
+    def budget(self, *, queues: int = 1, commits: int = 0) -> int:
+        """Most round trips idle workers on ``queues`` queues may make in the last window
+        while ``commits`` unrelated commits were made."""
+        raise NotImplementedError
+
+    async def round_trips_in_window(
+        self, poke: Callable[[], Awaitable[object]] | None = None, pokes: int = 0
+    ) -> int:
+        """Round trips made in MEASURE_WINDOW_S of real time (a window to count in, not a
+        wait for a condition), split in ``pokes`` parts each started by ``poke()``."""
+        before = self.round_trips
+        started = time.monotonic()
+        for _ in range(max(pokes, 1)):
+            if poke is not None:
+                await poke()
+            await asyncio.sleep(MEASURE_WINDOW_S / max(pokes, 1))
+        self.window_s = time.monotonic() - started
+        return self.round_trips - before
+
+
+class StoreSpy(PollCounter):
     """Counts what the databases' storages are asked: leases (and how many they gave) and
     queue-record reads (the worker's gate)."""
 
@@ -144,25 +186,50 @@ class StoreSpy:
     def round_trips(self) -> int:
         return len(self.leased) + self.record_reads
 
-    async def round_trips_in_window(
-        self, poke: Callable[[], Awaitable[object]] | None = None, pokes: int = 0
-    ) -> int:
-        """Store round trips made in MEASURE_WINDOW_S of real time (a window to count
-        in, not a wait for a condition), split in ``pokes`` parts each started by ``poke()``."""
-        before = self.round_trips
-        for _ in range(max(pokes, 1)):
-            if poke is not None:
-                await poke()
-            await asyncio.sleep(MEASURE_WINDOW_S / max(pokes, 1))
-        return self.round_trips - before
+    def budget(self, *, queues: int = 1, commits: int = 0) -> int:
+        # Each unrelated commit may wake each queue's consumer to look (a lease and a
+        # read) twice: once for the writer's signal and once for the wake-up from
+        # outside (SQLite's file watch sees our own commits too).
+        return IDLE_POLL_BUDGET + 4 * queues * commits
+
+
+class RequestSpy(PollCounter):
+    """Counts the REST requests a server answers (the ``remote`` backend): a remote
+    worker's pulls (and how many messages each gave) and its gate's looks."""
+
+    def __init__(self, database: kvqueue.AsyncDatabase) -> None:
+        assert database.server is not None
+        self._requests = served(database.server.url).requests
+
+    @property
+    def empty_leases(self) -> int:
+        return sum(1 for n in self._requests.pulled if n == 0)
+
+    @property
+    def round_trips(self) -> int:
+        return len(self._requests.made)
+
+    def budget(self, *, queues: int = 1, commits: int = 0) -> int:
+        # An idle remote worker's pull waits a second on the server (commits elsewhere
+        # do not end it) before its gate looks again: per queue, each second begun in
+        # the window holds at most one look and the pull after it.
+        return queues * REMOTE_POLLS_PER_SECOND * math.ceil(self.window_s) + 1
+
+
+def poll_counter(
+    monkeypatch: pytest.MonkeyPatch, database: kvqueue.AsyncDatabase, *others: kvqueue.AsyncDatabase
+) -> PollCounter:
+    """What counts idle workers' round trips on ``database``'s backend: its storage's calls,
+    or for a database on a server, the requests that server answers (``others`` are
+    more databases on the same store)."""
+    if database.server is not None:
+        return RequestSpy(database)
+    return StoreSpy(monkeypatch, database, *others)
 
 
 # --- 1. batching -------------------------------------------------------------------------
 
 
-@pytest.mark.remote_pending(
-    "a remote worker's batch timeout runs on the server's long poll, not on the FakeClock"
-)
 async def test_batches_fill_to_size_and_a_partial_batch_waits_for_the_timeout(
     fake_adb: kvqueue.AsyncDatabase, clock: kvqueue.FakeClock
 ) -> None:
@@ -191,9 +258,49 @@ async def test_batches_fill_to_size_and_a_partial_batch_waits_for_the_timeout(
     assert sorted(i for s in batches.seen for i in s.ids) == sorted(ids)
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
+async def test_a_store_failure_while_a_batch_fills_delivers_what_was_taken(
+    fake_adb: kvqueue.AsyncDatabase,
+    clock: kvqueue.FakeClock,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the store fails while a partial batch waits to fill, the messages already
+    taken are delivered at once, not held (their leases renewed) until the worker stops."""
+    ids = await make_queue(fake_adb, "q", 3)
+    storage = served(url).storage if fake_adb.server is not None else fake_adb.storage
+    lease = storage.lease
+    leases = 0
+
+    async def fails_once_after_the_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal leases
+        leases += 1
+        if leases == 2:
+            raise kvqueue.errors.StorageError("injected: the store is out of reach")
+        return await lease(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "lease", fails_once_after_the_first)
+    batches = Batches(clock)
+    worker = kvqueue.Worker(fake_adb, name="w")
+
+    @worker.consumer("q", max_batch_size=10, max_batch_timeout=5)
+    async def handle(batch: kvqueue.MessageBatch) -> None:
+        batches.record(batch)
+
+    async with serving(worker):
+        await wait_until(lambda: leases >= 1)
+        # Wakes the filling batch, whose next lease fails.
+        (late,) = (await fake_adb.queue("q").send("late")).message_ids
+        await batches.wait_for(1)
+        assert [s.ids for s in batches.seen] == [ids]
+        assert clock.now_ms() == batches.seen[0].at_ms
+        # The late message starts a batch of its own, which waits out its timeout.
+        await asleep_until(clock, clock.now_ms() + 5000)
+        clock.advance(5000)
+        await batches.wait_for(2)
+        await settled(fake_adb, "q")
+    assert [s.ids for s in batches.seen] == [ids, [late]]
+
+
 async def test_an_empty_queue_never_invokes_the_handler(
     fake_adb: kvqueue.AsyncDatabase,
     clock: kvqueue.FakeClock,
@@ -201,7 +308,7 @@ async def test_an_empty_queue_never_invokes_the_handler(
 ) -> None:
     """A worker on an empty queue leases nothing and never calls its handler, however much time passes; the first message sent is then delivered alone."""
     await make_queue(fake_adb, "q")
-    spy = StoreSpy(monkeypatch, fake_adb)
+    spy = poll_counter(monkeypatch, fake_adb)
     batches = Batches(clock)
     worker = kvqueue.Worker(fake_adb, name="w")
 
@@ -225,16 +332,13 @@ async def test_an_empty_queue_never_invokes_the_handler(
     assert batches.seen[0].bodies == ["only"]
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_a_worker_idle_on_two_empty_queues_does_not_busy_poll_the_store(
     adb: kvqueue.AsyncDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker consuming two empty queues looks at each once per commit made elsewhere instead of leasing again and again."""
+    """A worker consuming two empty queues waits for news (a commit made elsewhere, or through a server the end of its long poll) instead of leasing again and again."""
     await make_queue(adb, "a")
     await make_queue(adb, "b")
-    spy = StoreSpy(monkeypatch, adb)
+    spy = poll_counter(monkeypatch, adb)
     worker = kvqueue.Worker(adb, name="w")
 
     batches = Batches()
@@ -245,13 +349,10 @@ async def test_a_worker_idle_on_two_empty_queues_does_not_busy_poll_the_store(
 
     async with serving(worker):
         await wait_until(lambda: spy.empty_leases >= 2)
-        # Each unrelated commit may wake both queues' consumers to look (a lease and a
-        # read each) twice: once for the writer's signal and once for the wake-up
-        # from outside (SQLite's file watch sees our own commits too).
         commits = 30
         polls = await spy.round_trips_in_window(lambda: adb.set(("other",), 1), pokes=commits)
-    assert polls <= IDLE_POLL_BUDGET + 8 * commits, (
-        f"{polls} store round trips in {MEASURE_WINDOW_S} s with {commits} commits"
+    assert polls <= spy.budget(queues=2, commits=commits), (
+        f"{polls} round trips in {spy.window_s:.2f} s with {commits} commits"
     )
     assert batches.seen == []
 
@@ -320,9 +421,6 @@ async def test_one_handler_consumes_two_queues_and_sees_which_one(
 # --- 2. implicit ack / retry ---------------------------------------------------------------
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_a_handler_that_returns_acks_its_batch(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -345,9 +443,6 @@ async def test_a_handler_that_returns_acks_its_batch(
         assert f"message {message_id} acked" in debug_of(logs)
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_a_handler_that_raises_gets_every_message_back_with_attempts_2(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -626,9 +721,6 @@ async def test_a_retry_with_delay_0_overrides_the_consumer_retry_delay(
 # --- 6. max_retries and dead-lettering -----------------------------------------------------------
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_max_retries_3_delivers_4_times_then_moves_the_message_to_the_dlq(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -804,9 +896,6 @@ async def second_database(
         await other.close()
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_max_concurrency_1_never_runs_two_batches_at_once_across_workers(
     adb: kvqueue.AsyncDatabase, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -833,7 +922,7 @@ async def test_max_concurrency_1_never_runs_two_batches_at_once_across_workers(
             active -= 1
 
     async with second_database(url, adb) as other:
-        spy = StoreSpy(monkeypatch, adb, other)
+        spy = poll_counter(monkeypatch, adb, other)
         workers = [kvqueue.Worker(adb, name="w"), kvqueue.Worker(other, name="w")]
         for worker in workers:
             worker.consumer("q", max_batch_size=1, max_batch_timeout=0, max_concurrency=1)(handle)
@@ -888,9 +977,6 @@ async def test_unset_max_concurrency_runs_several_batches_at_once_while_a_backlo
     assert metrics.retried == 0
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_a_worker_waiting_for_a_concurrency_slot_does_not_busy_poll_the_store(
     adb: kvqueue.AsyncDatabase, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -904,7 +990,7 @@ async def test_a_worker_waiting_for_a_concurrency_slot_does_not_busy_poll_the_st
         await release.wait()
 
     async with second_database(url, adb) as other:
-        spy = StoreSpy(monkeypatch, adb, other)
+        spy = poll_counter(monkeypatch, adb, other)
         workers = [kvqueue.Worker(adb, name="w"), kvqueue.Worker(other, name="w")]
         for worker in workers:
             worker.consumer("q", max_batch_size=1, max_batch_timeout=0, max_concurrency=1)(handle)
@@ -916,7 +1002,7 @@ async def test_a_worker_waiting_for_a_concurrency_slot_does_not_busy_poll_the_st
             finally:
                 release.set()
             await settled(adb, "q")
-    assert polls <= IDLE_POLL_BUDGET, f"{polls} store round trips in {MEASURE_WINDOW_S} s"
+    assert polls <= spy.budget(), f"{polls} round trips in {spy.window_s:.2f} s"
 
 
 # --- 9. lease renewal --------------------------------------------------------------------------
@@ -1063,7 +1149,7 @@ async def test_a_paused_queue_with_a_backlog_does_not_make_the_worker_busy_poll_
     """A worker on a paused queue that holds messages waits for a change instead of re-reading the queue again and again."""
     await make_queue(adb, "q", 2)
     await adb.queues.pause("q")
-    spy = StoreSpy(monkeypatch, adb)
+    spy = poll_counter(monkeypatch, adb)
     worker = kvqueue.Worker(adb, name="w")
 
     @worker.consumer("q", max_batch_timeout=0)
@@ -1073,7 +1159,7 @@ async def test_a_paused_queue_with_a_backlog_does_not_make_the_worker_busy_poll_
     async with serving(worker):
         await wait_until(lambda: any("paused" in m for m in warnings_of(logs)))
         polls = await spy.round_trips_in_window()
-    assert polls <= IDLE_POLL_BUDGET, f"{polls} store round trips in {MEASURE_WINDOW_S} s"
+    assert polls <= spy.budget(), f"{polls} round trips in {spy.window_s:.2f} s"
 
 
 async def test_a_worker_for_a_missing_queue_raises_queue_not_found(
@@ -1093,9 +1179,6 @@ async def test_a_worker_for_a_missing_queue_raises_queue_not_found(
 # --- 11. graceful stop ----------------------------------------------------------------------------
 
 
-@pytest.mark.remote_pending(
-    "the remote worker leases over HTTP, so this store spy or debug log sees nothing; not yet equivalent"
-)
 async def test_stop_lets_the_running_batch_finish_and_settle(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture
 ) -> None:

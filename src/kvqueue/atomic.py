@@ -7,14 +7,13 @@ raises before the storage sees anything and nothing is written.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
 from kvqueue import errors, keys, limits, model, v8, values
 from kvqueue.keys import Key
-from kvqueue.messages import build_send, check_name
+from kvqueue.messages import build_send, check_name, new_message_id
 from kvqueue.model import KvU64, MutationKind
 
 R = TypeVar("R")
@@ -156,7 +155,7 @@ def kv_message(
         )
     return model.Enqueue(
         queue=KV_QUEUE,
-        message_id=secrets.token_hex(16),
+        message_id=new_message_id(),
         body=payload,
         content_type=KV_CONTENT_TYPE,
         delay_ms=delay_ms,

@@ -46,6 +46,7 @@ class AsyncDatabase:
         kv_queue_backlog: int = limits.DEFAULT_KV_QUEUE_BACKLOG,
         lease_ms: int = limits.DEFAULT_LEASE_MS,
         queues: AsyncQueues | None = None,
+        tokens: AsyncTokens | None = None,
         server: Server | None = None,
     ) -> None:
         if kv_queue_backlog < 1:
@@ -68,7 +69,7 @@ class AsyncDatabase:
         # Cloudflare API (kvqueue.remote.queues), not through the storage.
         self._server = server
         self._queues = queues if queues is not None else AsyncQueues(self)
-        self._tokens = AsyncTokens(self)
+        self._tokens = tokens if tokens is not None else AsyncTokens(self)
         self._sweeper = asyncio.create_task(self._sweep_expired())
 
     @property

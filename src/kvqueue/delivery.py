@@ -103,8 +103,21 @@ class Source(Protocol):
         """A change count to pass to :meth:`wait` as ``since`` (see ``Storage.changes``)."""
         ...
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
-        """Return when a message may be deliverable (see ``Storage.wait``)."""
+    async def wait(
+        self,
+        *,
+        timeout_ms: int,
+        after_ms: int | None,
+        since: int | None,
+        fill: tuple[str, int] | None = None,
+    ) -> None:
+        """Return when a message may be deliverable (see ``Storage.wait``).
+
+        ``fill`` is the lease and the number of messages the engine asks :meth:`lease`
+        for right after this wait, whether the wait ends or is cancelled (while it
+        tops a batch up). A source that can only wait by leasing (a server's long
+        poll) may lease those ahead, for that call to return.
+        """
         ...
 
     async def wait_for_change(self, *, timeout_ms: int) -> None:
@@ -168,7 +181,14 @@ class StorageSource:
         """See :meth:`Source.changes`."""
         return self._storage.changes
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
+    async def wait(
+        self,
+        *,
+        timeout_ms: int,
+        after_ms: int | None,
+        since: int | None,
+        fill: tuple[str, int] | None = None,
+    ) -> None:
         """See :meth:`Source.wait`."""
         await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms, since=since)
 
@@ -359,14 +379,28 @@ class Engine:
             remaining = deadline - clock.now_ms()
             if remaining <= 0:
                 break
+            wanted = self._batch_size - len(batch)
             await first_of(
-                self._source.wait(timeout_ms=remaining, after_ms=looked_at, since=seen),
+                self._source.wait(
+                    timeout_ms=remaining, after_ms=looked_at, since=seen, fill=(token, wanted)
+                ),
                 clock.sleep_until(deadline),
                 self._stop.wait(),
             )
             looked_at = clock.now_ms()
             seen = self._source.changes()
-            batch += await self._lease(token, self._batch_size - len(batch))
+            try:
+                batch += await self._lease(token, wanted)
+            except errors.StorageError as exc:
+                # The messages already taken are leased to us: deliver them now
+                # rather than keep renewing leases nobody is handling.
+                logger.warning(
+                    "queue %r: %s; delivering the %d messages taken so far",
+                    self._queue,
+                    exc,
+                    len(batch),
+                )
+                break
         return batch
 
     def _scale(self, *, full: bool) -> None:

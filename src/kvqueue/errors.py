@@ -16,6 +16,7 @@ answers with (``exc.status``, ``exc.code``), from the one table
     │   ├── InvalidKey
     │   ├── InvalidValue
     │   ├── InvalidOption                       a setting out of its range
+    │   │   └── InvalidConfig                   a kvqueue.toml that breaks a rule
     │   ├── InvalidQueueName
     │   ├── InvalidMessage                      a body that does not fit its content type
     │   ├── EmptyBatch
@@ -90,6 +91,26 @@ class InvalidValue(InvalidInput):
 
 class InvalidOption(InvalidInput):
     """An option is outside its allowed range."""
+
+
+class InvalidConfig(InvalidOption):
+    """A kvqueue.toml breaks a rule; nothing was changed.
+
+    Attributes:
+        path: the file.
+        table: the table the problem is in (``[[queues.consumers]] #2 (queue 'jobs')``),
+            or "" for the file as a whole.
+        key: the key at fault, if one is.
+    """
+
+    def __init__(
+        self, path: str = "", table: str = "", key: str | None = None, problem: str = ""
+    ) -> None:
+        self.path = path
+        self.table = table
+        self.key = key
+        where = ": ".join(part for part in (path, table) if part)
+        super().__init__(f"{where}: {problem}" if where else problem or None)
 
 
 class LimitExceeded(InvalidInput):
@@ -302,8 +323,28 @@ class ConsumerExists(KvQueueError):
         self.existing = existing
         super().__init__(
             f"queue {queue!r} already has a consumer ({existing}); a queue has one consumer,"
-            f" of one type: remove it first with db.queues.remove_consumer({queue!r})"
+            f" of one type: {_consumer_remedy(queue, existing)}"
         )
+
+
+def _consumer_remedy(queue: str, existing: str) -> str:
+    """What resolves a ConsumerExists, in Python and on the command line.
+
+    ``existing`` is the consumer's ``describe()``: ``http_pull`` or ``worker 'name'``;
+    anything else names a conflict that removing the consumer does not resolve."""
+    python = (
+        f"remove it first with db.queues.remove_consumer({queue!r}), or replace it with"
+        f" db.queues.update_consumer({queue!r}, TYPE, ...)"
+    )
+    if existing == "http_pull":
+        return f"{python}; on the command line `kvqueue queues consumer http remove {queue}`"
+    script = existing.removeprefix("worker ")
+    if script != existing and len(script) > 2 and script[0] == script[-1] == "'":
+        command = f"kvqueue queues consumer remove {queue} {script[1:-1]}"
+        return f"{python}; on the command line `{command}`"
+    if script != existing:  # a worker consumer that names no Worker
+        return python
+    return "give each queue one handler"
 
 
 class ConsumerNotFound(KvQueueError):

@@ -9,8 +9,10 @@ carrying Cloudflare's error code (see :mod:`kvqueue.errors`).
 from __future__ import annotations
 
 import math
+import os
 import re
-import secrets
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -125,9 +127,48 @@ def delay_ms(delay_seconds: Any, *, batch: bool = False) -> int | None:
     return round(delay_seconds * 1000)
 
 
+class _RandomHex:
+    """Random hex from the OS, fetched a few kilobytes at a time.
+
+    One ``os.urandom`` call per id is a system call that also lets go of the GIL:
+    a batch of 100 sends would hand the GIL to the storage's threads 100 times.
+    The buffer is dropped in a forked child, so parent and child never share ids.
+    """
+
+    _FETCH = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._at = "", 0
+
+    def take(self, chars: int) -> str:
+        with self._lock:
+            if self._at + chars > len(self._hex):
+                self._hex, self._at = os.urandom(self._FETCH).hex(), 0
+            start = self._at
+            self._at += chars
+            return self._hex[start : self._at]
+
+
+_random_hex = _RandomHex()
+
+
 def new_message_id() -> str:
-    """A message id: 32 lowercase hex characters, like Cloudflare's."""
-    return secrets.token_hex(16)
+    """A message id: 32 lowercase hex characters, like Cloudflare's.
+
+    The first 12 are the time in unix milliseconds, the other 20 random (80 bits,
+    so ids stay unguessable and unique across processes). Time first keeps each
+    new id near the previous ones in the storage's unique index: random ids land
+    on a random page of an ever larger index, and inserts and acks slow down as
+    the table grows. Nothing orders messages by id; arrival order is kept apart.
+    """
+    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{_random_hex.take(20)}"
 
 
 def build_send(

@@ -178,6 +178,39 @@ class PeekedMessage(_DecodedOnRead):
         return {"CF-Content-Type": self.content_type}
 
 
+def _peeked(message: model.StoredMessage) -> PeekedMessage:
+    return PeekedMessage(
+        message.message_id,
+        message.body,
+        message.content_type,
+        message.enqueued_at_ms,
+        message.attempts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """One page of :meth:`AsyncQueues.browse_page`: its messages, and the cursor of the
+    next page (None: this is the last)."""
+
+    messages: list[PeekedMessage]
+    cursor: str | None
+
+
+def _browse_cursor(position: tuple[int, int]) -> str:
+    # The storage's position of the page's last message: send time, arrival number.
+    return "{}.{}".format(*position)
+
+
+def _browse_position(cursor: Any) -> tuple[int, int] | None:
+    if cursor is None:
+        return None
+    parts = cursor.split(".") if isinstance(cursor, str) else []
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise errors.InvalidInput(f"{cursor!r} is not a cursor of browse_page")
+    return int(parts[0]), int(parts[1])
+
+
 @dataclass(frozen=True, slots=True)
 class PulledMessage(_DecodedOnRead):
     """A message leased to a pull consumer until ack, retry or its visibility timeout.
@@ -213,11 +246,17 @@ class PullResult:
 
 @dataclass(frozen=True, slots=True)
 class AckResult:
-    """How many acks and retries took effect; ``warnings`` maps lease ids that did not."""
+    """How many acks and retries took effect; ``warnings`` maps lease ids that did not.
+
+    ``dead_lettered`` lists the retried lease ids whose messages had used up the
+    consumer's ``max_retries``: they went to its dead-letter queue (or, without
+    one, were deleted) instead of coming back. They count in ``retry_count``.
+    """
 
     ack_count: int
     retry_count: int
     warnings: dict[str, str]
+    dead_lettered: list[str] = field(default_factory=list)
 
 
 def _lease_id(message: model.LeasedMessage) -> str:
@@ -384,16 +423,31 @@ class AsyncQueues:
         n = whole_number("n", n, 1, limits.MAX_PULL_BATCH_SIZE)
         await self._record(name)
         stored = await self._storage.peek(self._stored(name), limit=n)
-        return [
-            PeekedMessage(
-                m.message_id,
-                m.body,
-                m.content_type,
-                m.enqueued_at_ms,
-                m.attempts,
-            )
-            for m in stored
-        ]
+        return [_peeked(m) for m in stored]
+
+    async def browse_page(
+        self, name: str, n: int = 100, *, cursor: str | None = None
+    ) -> MessagePage:
+        """Up to ``n`` (1 .. 100) messages of the queue in the order they were sent,
+        leasing nothing: delayed, visible and in-flight ones alike. ``cursor`` is the
+        previous page's (None: start at the first message); the last page's is None.
+
+        Paging visits each message that stays in the queue exactly once, however the
+        queue is consumed or sent to meanwhile; messages sent after the page that
+        would hold them was read are not seen.
+
+        Raises:
+            QueueNotFound, InvalidOption (``n``), InvalidInput (not a cursor of this
+            method).
+        """
+        n = whole_number("n", n, 1, limits.MAX_PULL_BATCH_SIZE)
+        await self._record(name)
+        after = _browse_position(cursor)
+        # One more than asked tells whether there is a next page.
+        found = await self._storage.browse(self._stored(name), limit=n + 1, after=after)
+        page = found[:n]
+        following = _browse_cursor(page[-1][1]) if len(found) > n else None
+        return MessagePage([_peeked(m) for m, _ in page], following)
 
     # --- consumers ------------------------------------------------------------
 
@@ -721,15 +775,19 @@ class AsyncQueue:
             if held is None:
                 warnings[str(lease_id)] = "unknown lease id"
                 continue
-            kinds.append(("retry", lease_id))
-            writes.append(policy.retry(held, delay_ms(delay))[0])
+            write, outcome = policy.retry(held, delay_ms(delay))
+            kinds.append(("retry" if outcome == "retried" else "dead-letter", lease_id))
+            writes.append(write)
         counts = {"ack": 0, "retry": 0}
+        dead_lettered: list[str] = []
         if writes:
             committed = await self._db.storage.commit(model.merge(writes))
             settled = committed.settled if committed is not None else ()
             for (kind, lease_id), applied in zip(kinds, settled, strict=True):
                 if applied:
-                    counts[kind] += 1
+                    counts["ack" if kind == "ack" else "retry"] += 1
+                    if kind == "dead-letter":
+                        dead_lettered.append(lease_id)
                 elif kind == "ack":
                     warnings[lease_id] = "no such message: it was already acked or deleted"
                 else:
@@ -737,7 +795,7 @@ class AsyncQueue:
                         "the message is not held by this lease: it was acked, retried,"
                         " or leased again"
                     )
-        return AckResult(counts["ack"], counts["retry"], warnings)
+        return AckResult(counts["ack"], counts["retry"], warnings, dead_lettered)
 
     async def purge_messages(self, refs: Iterable[str]) -> dict[str, str]:
         """Delete exactly the messages whose ``ref`` (from a peek) is given, leased

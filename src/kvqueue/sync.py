@@ -133,6 +133,7 @@ class Queues(_Facade):
     last_purge = _blocking(AsyncQueues.last_purge)
     metrics = _blocking(AsyncQueues.metrics)
     peek = _blocking(AsyncQueues.peek)
+    browse_page = _blocking(AsyncQueues.browse_page)
     get_consumer = _blocking(AsyncQueues.get_consumer)
     add_consumer = _blocking(AsyncQueues.add_consumer)
     update_consumer = _blocking(AsyncQueues.update_consumer)

@@ -69,6 +69,35 @@ class Token:
         return scope is None or self.scope in ("admin", scope)
 
 
+def check_request(
+    account: str, scope: str, queues: Iterable[str] | None, name: str
+) -> tuple[str, ...] | None:
+    """Check what a new token asks for (as ``create`` takes it); returns its queues as a
+    tuple, or None for every queue.
+
+    Raises:
+        InvalidAccount, InvalidOption (unknown scope, no queues, a name that is not a
+        string), InvalidQueueName.
+    """
+    check_account(account)
+    if scope not in SCOPES:
+        raise errors.InvalidOption(f"a token scope is one of {', '.join(SCOPES)}, got {scope!r}")
+    limited = None if queues is None else tuple(check_name(q) for q in queues)
+    if limited is not None and not limited:
+        raise errors.InvalidOption("a token limited to queues needs at least one queue")
+    if not isinstance(name, str):
+        raise errors.InvalidOption(f"a token name is a string, got {name!r}")
+    return limited
+
+
+def check_id(token_id: object) -> str:
+    """``token_id`` if it has the form of a token id; TokenNotFound otherwise (no token
+    has such an id)."""
+    if not isinstance(token_id, str) or len(token_id) != _TOKEN_ID_HEX:
+        raise errors.TokenNotFound(str(token_id))
+    return token_id
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -111,16 +140,7 @@ class AsyncTokens:
         Raises:
             InvalidAccount, InvalidOption (unknown scope), InvalidQueueName.
         """
-        check_account(account)
-        if scope not in SCOPES:
-            raise errors.InvalidOption(
-                f"a token scope is one of {', '.join(SCOPES)}, got {scope!r}"
-            )
-        limited = None if queues is None else tuple(check_name(q) for q in queues)
-        if limited is not None and not limited:
-            raise errors.InvalidOption("a token limited to queues needs at least one queue")
-        if not isinstance(name, str):
-            raise errors.InvalidOption(f"a token name is a string, got {name!r}")
+        limited = check_request(account, scope, queues, name)
         token = Token(
             secrets.token_hex(_TOKEN_ID_HEX // 2),
             account,
@@ -157,8 +177,7 @@ class AsyncTokens:
 
     async def revoke(self, token_id: str) -> None:
         """Delete a token; requests bearing it fail from now on. Raises TokenNotFound."""
-        if not isinstance(token_id, str) or len(token_id) != _TOKEN_ID_HEX:
-            raise errors.TokenNotFound(str(token_id))
+        check_id(token_id)
         (entries,) = await self._db.storage.read([_exact(token_id)])
         if not entries:
             raise errors.TokenNotFound(token_id)

@@ -198,7 +198,7 @@ class Worker:
             db = database or self._async_database()
             if db.server is not None:
                 # A database on a server: consume through the server, as for a URL.
-                queues = RemoteQueues(db.server, lease_ms=db.lease_ms, owned=False)
+                queues = RemoteQueues(db.server, lease_ms=db.lease_ms, clock=db.clock, owned=False)
             else:
                 queues = _LocalQueues(db, self.account or DEFAULT_ACCOUNT)
         try:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from kvqueue import errors
-from kvqueue.cli import kv, messages, processes, queues, tokens
+from kvqueue.cli import deploy, kv, messages, processes, queues, tokens
 from kvqueue.cli.output import Output
 
 
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     kv.add(commands)
     tokens.add(commands)
     processes.add(commands)
+    deploy.add(commands)
     return top
 
 

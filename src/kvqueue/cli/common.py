@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+from kvqueue import limits
+from kvqueue.messages import MessageSendRequest, content_type_of, encode_body
 from kvqueue.sync import Database
 
 DEFAULT_DB = "kvqueue.sqlite"
@@ -61,3 +65,41 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def batches(messages: Iterator[MessageSendRequest]) -> Iterator[list[MessageSendRequest]]:
+    """Messages grouped as send_batch takes them: ≤ 100 and ≤ 256,000 body bytes each."""
+    batch: list[MessageSendRequest] = []
+    size = 0
+    for message in messages:
+        body = encode_body(message.body, content_type_of(message.content_type))
+        if batch and (
+            len(batch) == limits.MAX_BATCH_MESSAGES or size + len(body) > limits.MAX_BATCH_BYTES
+        ):
+            yield batch
+            batch, size = [], 0
+        batch.append(message)
+        size += len(body)
+    if batch:
+        yield batch
+
+
+def read_lines(path: str) -> Iterator[str]:
+    """The non-empty lines of a file (``-``: stdin), without their line ends."""
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        for line in stream:
+            line = line.rstrip("\n")
+            if line.strip():
+                yield line
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def count_lines(path: str) -> int | None:
+    """How many lines :func:`read_lines` will yield (None for stdin, which is read once)."""
+    if path == "-":
+        return None
+    with open(path, encoding="utf-8") as stream:
+        return sum(1 for line in stream if line.strip())

@@ -52,7 +52,8 @@ def _set(args: argparse.Namespace, out: Output) -> int:
 
 def _list(args: argparse.Namespace, out: Output) -> int:
     with open_database(args) as db:
-        prefix = _key(args.prefix) or None
+        # No parts is the empty prefix: every key, as Deno's `list({ prefix: [] })`.
+        prefix = _key(args.prefix)
         entries = list(db.list(prefix, limit=args.limit, reverse=args.reverse))
     out.table(
         ["key", "value", "versionstamp"],
@@ -92,7 +93,12 @@ def add(commands: Any) -> None:
     add_json(p)
     p.set_defaults(run=_set)
 
-    p = command(verbs, "list", "list the keys under a prefix", "kvqueue kv list users --limit 10")
+    p = command(
+        verbs,
+        "list",
+        "list the keys under a prefix (every key without one)",
+        "kvqueue kv list users --limit 10",
+    )
     p.add_argument("prefix", nargs="*", metavar="PART")
     p.add_argument("--limit", type=int, help="at most this many entries")
     p.add_argument("--reverse", action="store_true", help="last key first")

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Iterator
 from typing import Any
 
-from kvqueue import errors, limits
-from kvqueue.cli.common import add_db, add_json, command, open_database, parse_value
+from kvqueue import errors
+from kvqueue.cli.common import (
+    add_db,
+    add_json,
+    batches,
+    command,
+    count_lines,
+    open_database,
+    parse_value,
+    read_lines,
+)
 from kvqueue.cli.output import Output
-from kvqueue.messages import MessageSendRequest, content_type_of, encode_body
+from kvqueue.messages import MessageSendRequest
 
 
 def _message(text: str, content_type: str | None) -> MessageSendRequest:
@@ -23,42 +30,6 @@ def _message(text: str, content_type: str | None) -> MessageSendRequest:
     if isinstance(value, str) and value == text:
         return MessageSendRequest(text, "text")
     return MessageSendRequest(value, "json")
-
-
-def _batches(messages: Iterator[MessageSendRequest]) -> Iterator[list[MessageSendRequest]]:
-    """Messages grouped as send_batch takes them: ≤ 100 and ≤ 256,000 body bytes each."""
-    batch: list[MessageSendRequest] = []
-    size = 0
-    for message in messages:
-        body = encode_body(message.body, content_type_of(message.content_type))
-        if batch and (
-            len(batch) == limits.MAX_BATCH_MESSAGES or size + len(body) > limits.MAX_BATCH_BYTES
-        ):
-            yield batch
-            batch, size = [], 0
-        batch.append(message)
-        size += len(body)
-    if batch:
-        yield batch
-
-
-def _lines(path: str) -> Iterator[str]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    try:
-        for line in stream:
-            line = line.rstrip("\n")
-            if line.strip():
-                yield line
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-
-
-def _count_lines(path: str) -> int | None:
-    if path == "-":
-        return None
-    with open(path, encoding="utf-8") as stream:
-        return sum(1 for line in stream if line.strip())
 
 
 def _send(args: argparse.Namespace, out: Output) -> int:
@@ -74,9 +45,9 @@ def _send(args: argparse.Namespace, out: Output) -> int:
             ids: list[str] = list(result.message_ids)
         else:
             ids = []
-            messages = (_message(line, args.content_type) for line in _lines(args.file))
-            with out.progress(f"sending to {args.queue}", _count_lines(args.file)) as advance:
-                for batch in _batches(messages):
+            messages = (_message(line, args.content_type) for line in read_lines(args.file))
+            with out.progress(f"sending to {args.queue}", count_lines(args.file)) as advance:
+                for batch in batches(messages):
                     result = queue.send_batch(batch, delay_seconds=args.delay_secs)
                     ids += result.message_ids
                     advance(len(batch))

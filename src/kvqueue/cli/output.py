@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from kvqueue.model import KvU64
@@ -56,7 +63,8 @@ class Output:
         if not self._out.is_terminal:
             # Piped or redirected: never cut a cell short to fit 80 columns.
             self._out = Console(soft_wrap=True, highlight=False, width=100_000)
-        self._err = Console(stderr=True, highlight=False)
+        # soft_wrap: a message is one line however long (a log reader, not rich, wraps it).
+        self._err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Rows under named columns; with ``--json``, a list of objects."""
@@ -105,3 +113,19 @@ class Output:
         with bar:
             task = bar.add_task(what, total=total)
             yield lambda n: bar.advance(task, n)
+
+    @contextmanager
+    def working(self, what: str) -> Iterator[None]:
+        """A spinner and the time taken so far on stderr, when it is a terminal, while one
+        long step that has no count to advance runs."""
+        spinner = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self._err,
+            transient=True,
+            disable=not self._err.is_terminal,
+        )
+        with spinner:
+            spinner.add_task(what, total=None)
+            yield

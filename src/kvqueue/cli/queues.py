@@ -8,14 +8,26 @@ handler calls ``db.queues`` and prints what came back.
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import sys
 from typing import Any
 
+import orjson
+
 from kvqueue import errors
-from kvqueue.cli.common import add_db, add_json, command, open_database
+from kvqueue.cli.common import (
+    add_db,
+    add_json,
+    batches,
+    command,
+    count_lines,
+    open_database,
+    read_lines,
+)
 from kvqueue.cli.output import Output
-from kvqueue.queues import QueueInfo
+from kvqueue.messages import MessageSendRequest, content_type_of, encode_body
+from kvqueue.queues import PeekedMessage, QueueInfo
 
 
 def _info(queue: QueueInfo) -> dict[str, Any]:
@@ -116,6 +128,114 @@ def _resume(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _export_record(message: PeekedMessage) -> bytes:
+    """One exported message, a JSON line: readable bodies as they are, the rest base64."""
+    record: dict[str, Any] = {"id": message.id, "content_type": message.content_type}
+    raw = message.raw
+    if message.content_type == "json" and b"\n" not in raw and _is_json(raw):
+        # The stored JSON text itself, so that it comes back byte for byte.
+        record["body"] = orjson.Fragment(raw)
+    elif message.content_type == "text" and _is_utf8(raw):
+        record["body"] = raw.decode("utf-8")
+    else:
+        record["body_base64"] = base64.b64encode(raw).decode("ascii")
+    record["timestamp_ms"] = message.timestamp_ms
+    record["attempts"] = message.attempts
+    return orjson.dumps(record) + b"\n"
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _export(args: argparse.Namespace, out: Output) -> int:
+    to_stdout = args.file == "-"
+    if to_stdout and out.as_json:
+        raise errors.InvalidOption("--json needs --file PATH: stdout carries the messages")
+    count = 0
+    with open_database(args) as db:
+        total = db.queues.metrics(args.name).backlog_count
+        # Opened only once the queue is known to exist: a typo leaves no empty file.
+        stream = sys.stdout.buffer if to_stdout else open(args.file, "wb")  # noqa: SIM115
+        try:
+            with out.progress(f"exporting {args.name}", total) as advance:
+                page = db.queues.browse_page(args.name)
+                while True:
+                    stream.write(b"".join(_export_record(m) for m in page.messages))
+                    count += len(page.messages)
+                    advance(len(page.messages))
+                    if page.cursor is None:
+                        break
+                    page = db.queues.browse_page(args.name, cursor=page.cursor)
+        finally:
+            if to_stdout:
+                stream.flush()
+            else:
+                stream.close()
+    if out.as_json:
+        out.json({"queue": args.name, "file": args.file, "count": count})
+    else:
+        where = "stdout" if to_stdout else args.file
+        out.done(f"exported {count:,} message{'s' if count != 1 else ''} of {args.name} to {where}")
+    return 0
+
+
+def _imported(line: str, number: int) -> MessageSendRequest:
+    """The message one exported line describes; InvalidMessage names the line otherwise."""
+    try:
+        record = orjson.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        content_type = content_type_of(record.get("content_type", "json"))
+        if "body_base64" in record:
+            raw = base64.b64decode(record["body_base64"], validate=True)
+            if content_type == "json":
+                body: Any = orjson.loads(raw)
+            elif content_type == "text":
+                body = raw.decode("utf-8", "surrogatepass")
+            else:
+                body = raw
+        elif "body" in record:
+            body = record["body"]
+        else:
+            raise ValueError("it has neither body nor body_base64")
+        encode_body(body, content_type)  # a body that does not fit its type names its line
+    except (ValueError, TypeError, errors.InvalidMessage) as exc:
+        raise errors.InvalidMessage(f"line {number} is not an exported message: {exc}") from None
+    return MessageSendRequest(body, content_type)
+
+
+def _import(args: argparse.Namespace, out: Output) -> int:
+    ids: list[str] = []
+    with open_database(args) as db:
+        queue = db.queue(args.name)
+        db.queues.get(args.name)  # a missing queue fails before any line is read
+        numbered = enumerate(read_lines(args.file), start=1)
+        messages = (_imported(line, number) for number, line in numbered)
+        with out.progress(f"importing into {args.name}", count_lines(args.file)) as advance:
+            for batch in batches(messages):
+                result = queue.send_batch(batch, delay_seconds=args.delay_secs)
+                ids += result.message_ids
+                advance(len(batch))
+    if out.as_json:
+        out.json({"queue": args.name, "count": len(ids), "message_ids": ids})
+    else:
+        out.done(f"imported {len(ids):,} message{'s' if len(ids) != 1 else ''} into {args.name}")
+    return 0
+
+
 def _purge(args: argparse.Namespace, out: Output) -> int:
     if not args.force:
         if not sys.stdin.isatty():
@@ -128,7 +248,9 @@ def _purge(args: argparse.Namespace, out: Output) -> int:
             return 1
     with open_database(args) as db:
         count = db.queues.metrics(args.name).backlog_count
-        db.queues.purge(args.name)
+        # One transaction: there is no count to advance, only time to show.
+        with out.working(f"purging {args.name} ({count:,} messages)"):
+            db.queues.purge(args.name)
     out.done(f"purged queue {args.name} ({count:,} messages)")
     return 0
 
@@ -283,6 +405,29 @@ def add(commands: Any) -> None:
         p.add_argument("name")
         _common(p, json=False)
         p.set_defaults(run=run)
+
+    p = command(
+        verbs,
+        "export",
+        "write every message of a queue as JSON lines, leasing nothing",
+        "kvqueue queues export jobs --file jobs.jsonl",
+    )
+    p.add_argument("name")
+    p.add_argument("--file", default="-", help="where to write ('-', the default: stdout)")
+    _common(p)
+    p.set_defaults(run=_export)
+
+    p = command(
+        verbs,
+        "import",
+        "send the messages of an export to a queue (new ids, attempts from 0)",
+        "kvqueue queues import jobs --file jobs.jsonl",
+    )
+    p.add_argument("name")
+    p.add_argument("--file", required=True, help="an export ('-' for stdin)")
+    p.add_argument("--delay-secs", type=float, help="deliver after this many seconds")
+    _common(p)
+    p.set_defaults(run=_import)
 
     p = command(
         verbs, "purge", "delete every message of a queue", "kvqueue queues purge jobs --force"

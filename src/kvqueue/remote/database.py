@@ -2,7 +2,8 @@
 
 KV reads, writes, watches and the KV queue go over KV Connect (Deno's protocol,
 plus kvqueue's lease extension for the KV queue: :mod:`kvqueue.remote.kv`);
-named queues go over the Cloudflare REST API (:mod:`kvqueue.remote.queues`).
+named queues go over the Cloudflare REST API (:mod:`kvqueue.remote.queues`);
+``db.tokens`` over kvqueue's token extension of it (:mod:`kvqueue.remote.tokens`).
 The semantics (retries, backoff, dead-lettering, limits) are the server's: the
 client only encodes, calls and decodes.
 """
@@ -34,6 +35,7 @@ async def connect(
     """
     from kvqueue.remote.kv import KvConnectStorage
     from kvqueue.remote.queues import AsyncRemoteQueues
+    from kvqueue.remote.tokens import AsyncRemoteTokens
 
     token = token or os.environ.get("KVQUEUE_TOKEN")
     if not token:
@@ -41,16 +43,17 @@ async def connect(
     server = Server(url, token)
     try:
         account = await server.account()
-        storage = await KvConnectStorage.connect(server, clock=clock)
     except BaseException:
         await server.close()
         raise
+    storage = KvConnectStorage(server, clock)
     try:
         return AsyncDatabase(
             storage,
             kv_queue_backlog=kv_queue_backlog,
             lease_ms=lease_ms,
             queues=AsyncRemoteQueues(server, account),
+            tokens=AsyncRemoteTokens(server, account),
             server=server,
         )
     except BaseException:

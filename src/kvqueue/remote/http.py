@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from kvqueue import errors
+from kvqueue.server.cloudflare import error_from_response
 
 _TIMEOUT_SECONDS = 60.0
 
@@ -77,7 +78,8 @@ class Server:
             raise errors.StorageError(f"lost the stream from {self.url}: {exc}") from exc
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One API call; returns ``result``, or raises the error the server named."""
+        """One API call; returns ``result``, or raises the error the server raised (the
+        class its ``x-kvqueue-error`` header names, else the one its code stands for)."""
         import httpx
 
         try:
@@ -93,13 +95,7 @@ class Server:
                 f"{self.url} answered {response.status_code} without a JSON envelope"
             )
         if response.status_code >= 400:
-            problems = envelope.get("errors") or [{}]
-            first = problems[0] if isinstance(problems[0], dict) else {}
-            raise errors.from_response(
-                response.status_code,
-                int(first.get("code", 0)),
-                str(first.get("message", f"HTTP {response.status_code}")),
-            )
+            raise error_from_response(response.status_code, response.headers, envelope)
         return envelope.get("result")
 
     async def account(self) -> str:

@@ -38,26 +38,34 @@ _WATCH_RETRY_S = (0.05, 0.2, 1.0, 2.0)
 
 
 class KvConnectStorage:
-    """The :class:`kvqueue.storage.base.Storage` of a database on a server (its KV
-    keyspace and KV queue). Open it with :meth:`connect`."""
+    """The :class:`kvqueue.storage.base.Storage` of a database on a server: the KV
+    keyspace and KV queue of ``server``'s token's account."""
 
     schema_versions = (0, 0)
 
-    def __init__(self, server: Server, endpoint: str, headers: dict[str, str], clock: Clock):
-        self.clock = clock
+    def __init__(self, server: Server, clock: Clock | None = None) -> None:
+        # The KV Connect session is opened on first use, not here: a token limited
+        # to some queues may not use KV at all, yet its database's queues work.
+        self.clock = clock or SystemClock()
         self._server = server
-        self._endpoint = endpoint
-        self._headers = headers
+        self._session: tuple[str, dict[str, str]] | None = None
+        self._opening = asyncio.Lock()
         self._wait_ms = 0
 
-    @classmethod
-    async def connect(cls, server: Server, *, clock: Clock | None = None) -> KvConnectStorage:
-        """Exchange metadata with ``server`` and return the storage of its token's account.
+    async def _opened(self) -> tuple[str, dict[str, str]]:
+        """The data-path endpoint and headers, after the metadata exchange.
 
         Raises:
-            Unauthenticated: the server refused the token.
+            Unauthenticated, Forbidden: the server refused the token for KV.
             StorageError: the server cannot be reached or does not speak KV Connect 3.
         """
+        async with self._opening:
+            if self._session is None:
+                self._session = await self._exchange()
+        return self._session
+
+    async def _exchange(self) -> tuple[str, dict[str, str]]:
+        server = self._server
         response = await server.send("POST", server.url + "/", json={"supportedVersions": [3]})
         _raise_for(response)
         meta = response.json()
@@ -73,14 +81,15 @@ class KvConnectStorage:
             "x-denokv-version": "3",
             "x-denokv-database-id": meta["databaseId"],
         }
-        return cls(server, endpoint, headers, clock or SystemClock())
+        return endpoint, headers
 
     async def _call(self, path: str, message: Any, answer: Any) -> Any:
+        endpoint, headers = await self._opened()
         response = await self._server.send(
             "POST",
-            f"{self._endpoint}/{path}",
+            f"{endpoint}/{path}",
             content=message.SerializeToString(),
-            headers=self._headers,
+            headers=headers,
         )
         _raise_for(response)
         return kvconnect.parse(answer, response.content)
@@ -151,11 +160,12 @@ class KvConnectStorage:
             failures += 1
 
     async def _watch_stream(self, request: Any) -> AsyncGenerator[Any, None]:
+        endpoint, headers = await self._opened()
         async with self._server.stream(
             "POST",
-            f"{self._endpoint}/watch",
+            f"{endpoint}/watch",
             content=request.SerializeToString(),
-            headers=self._headers,
+            headers=headers,
         ) as response:
             if response.status_code >= 400:
                 await response.aread()
@@ -243,6 +253,12 @@ class KvConnectStorage:
     async def peek(self, queue: str, *, limit: int) -> list[model.StoredMessage]:
         """Not over KV Connect: see :meth:`queues`."""
         raise errors.InvalidInput("on a server, messages are peeked through db.queues.peek")
+
+    async def browse(
+        self, queue: str, *, limit: int, after: tuple[int, int] | None = None
+    ) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+        """Not over KV Connect: see :meth:`queues`."""
+        raise errors.InvalidInput("on a server, messages are browsed through db.queues.browse_page")
 
     async def purge_expired(self) -> int | None:
         """The server sweeps its own expired keys and messages."""

@@ -12,9 +12,10 @@ the answer into the same result types. The wire shapes live in
 The server decides what depends on its state (missing queues, pausing,
 consumers, backlog limits, retries, dead-lettering). The arguments are checked
 here, with the functions the embedded API checks them with, because JSON cannot
-carry them faithfully (``True`` is not 1 here, bytes are not JSON) and because
-the REST error codes do not tell every error class apart; where the embedded
-API looks at the queue before the arguments, so does the adapter.
+carry them faithfully (``True`` is not 1 here, bytes are not JSON); where the
+embedded API looks at the queue before the arguments, so does the adapter. An
+error the server raises comes back as the very class it raised: its
+``x-kvqueue-error`` header names it (a REST error code is shared by several).
 
 Queues are reached by id; the id of each name is looked up with the ``?name=``
 filter of ``GET /queues`` and cached. A queue may be deleted and created again
@@ -49,6 +50,7 @@ from kvqueue.queues import (
     AckResult,
     AsyncQueue,
     AsyncQueues,
+    MessagePage,
     PeekedMessage,
     PullResult,
     QueueInfo,
@@ -255,6 +257,19 @@ class AsyncRemoteQueues(AsyncQueues):
         request = cloudflare.peek_request(n)
         result = await self._call(check_name(name), "POST", "/messages/peek", request)
         return [cloudflare.peeked_from_json(m, "raw") for m in result["messages"]]
+
+    async def browse_page(
+        self, name: str, n: int = 100, *, cursor: str | None = None
+    ) -> MessagePage:
+        """A page of the queue's messages in the order they were sent, leasing nothing
+        (``POST /queues/{id}/messages/browse``); see :meth:`AsyncQueues.browse_page`."""
+        n = whole_number("n", n, 1, limits.MAX_PULL_BATCH_SIZE)
+        if cursor is not None and not isinstance(cursor, str):
+            raise errors.InvalidInput(f"{cursor!r} is not a cursor of browse_page")
+        request = {**cloudflare.peek_request(n), "cursor": cursor}
+        result = await self._call(check_name(name), "POST", "/messages/browse", request)
+        messages = [cloudflare.peeked_from_json(m, "raw") for m in result["messages"]]
+        return MessagePage(messages, result.get("cursor"))
 
     # --- consumers ------------------------------------------------------------------
 
@@ -474,7 +489,8 @@ class AsyncRemoteQueue(AsyncQueue):
                 warnings[lease_id] = gone if known else _UNKNOWN_LEASE
             return AckResult(0, 0, warnings)
         acked = cloudflare.ack_from_json(result)
-        return AckResult(acked.ack_count, acked.retry_count, {**warnings, **acked.warnings})
+        warnings.update(acked.warnings)
+        return AckResult(acked.ack_count, acked.retry_count, warnings, acked.dead_lettered)
 
     async def purge_messages(self, refs: Iterable[str]) -> dict[str, str]:
         """Delete exactly the messages whose ``ref`` (from a peek) is given

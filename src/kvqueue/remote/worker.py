@@ -12,6 +12,7 @@ as for a local worker. Needs the ``remote`` extra (httpx).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -35,9 +36,13 @@ _GATE_POLL_SECONDS = 1.0
 class RemoteQueues:
     """A Worker's view of its queues on a server (the local twin lives in ``worker``)."""
 
-    def __init__(self, server: Server, *, lease_ms: int, owned: bool = True) -> None:
+    def __init__(
+        self, server: Server, *, lease_ms: int, clock: Clock | None = None, owned: bool = True
+    ) -> None:
         self.server = server
         self.lease_ms = lease_ms
+        #: Times batch timeouts and lease renewals (a database's clock, when it has one).
+        self.clock: Clock = clock or SystemClock()
         # A server borrowed from an open database is closed with that database.
         self._owned = owned
 
@@ -65,7 +70,7 @@ class RemoteQueues:
 
     def source(self, queue: str, consumer: Consumer) -> RemoteSource:
         """Where an engine takes ``queue``'s batches from."""
-        return RemoteSource(self.server, queue, consumer, lease_ms=self.lease_ms)
+        return RemoteSource(self.server, queue, consumer, lease_ms=self.lease_ms, clock=self.clock)
 
     async def refusal(self, queue: str, consumer: Consumer) -> str | None:
         """Why ``queue`` may not be consumed now, or None."""
@@ -87,16 +92,35 @@ class RemoteQueues:
 
 
 class RemoteSource:
-    """A queue on a server, as a :class:`kvqueue.delivery.Source`."""
+    """A queue on a server, as a :class:`kvqueue.delivery.Source`.
 
-    def __init__(self, server: Server, queue: str, consumer: Consumer, *, lease_ms: int) -> None:
-        self.clock: Clock = SystemClock()
+    Waiting is the server's long poll, so a wait leases: after an idle wait, the
+    next lease long-polls; a wait that tops a batch up pulls ahead under the
+    batch's lease (the engine can then end that wait at the batch's deadline on
+    its own clock), and the lease call that follows returns what that pull got.
+    Each settlement is logged as the server reports it (acked, retried,
+    dead-lettered, or why not), as a local worker logs its own.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        queue: str,
+        consumer: Consumer,
+        *,
+        lease_ms: int,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
         self._server = server
         self._queue = queue
         self._consumer = consumer
         self._lease_ms = lease_ms
         self._path: str | None = None
         self._wait_ms = 0
+        # A fill's pull, started by wait() and always handed to the next lease()
+        # call (never cancelled with the wait), so nothing it leases is lost.
+        self._ahead: asyncio.Task[list[model.LeasedMessage]] | None = None
 
     async def _messages_path(self) -> str:
         if self._path is None:
@@ -105,16 +129,17 @@ class RemoteSource:
 
     async def lease(self, lease: str, limit: int) -> list[model.LeasedMessage]:
         """See :meth:`kvqueue.delivery.Source.lease`."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            return await ahead
         wait_ms, self._wait_ms = self._wait_ms, 0
-        body = {
-            "batch_size": limit,
-            "visibility_timeout_ms": self._lease_ms,
-            "consumer_id": self._consumer.consumer_id,
-            "lease": lease,
-            "wait_ms": wait_ms,
-            # Every body as the base64 of its bytes, so text that is not UTF-8 stays exact.
-            "body_encoding": "raw",
-        }
+        return await self._pull(lease, limit, wait_ms)
+
+    async def _pull(self, lease: str, limit: int, wait_ms: int) -> list[model.LeasedMessage]:
+        # As the consumer, under ``lease``, every body exact (text that is not UTF-8 too).
+        body = cloudflare.pull_request(
+            limit, self._lease_ms, wait_ms, self._consumer.consumer_id, lease
+        )
         try:
             result = await self._server.call("POST", f"{await self._messages_path()}/pull", body)
         except (errors.QueuePaused, errors.QueueNotFound, errors.ConsumerNotFound):
@@ -132,32 +157,65 @@ class RemoteSource:
 
     async def settle(self, decisions: Sequence[Decision]) -> None:
         """See :meth:`kvqueue.delivery.Source.settle`: one ack call for them all."""
-        acks = [{"lease_id": d.message.lease} for d in decisions if not d.retry]
-        retries: list[dict[str, Any]] = []
-        for decision in decisions:
-            if decision.retry:
-                retry: dict[str, Any] = {"lease_id": decision.message.lease}
-                if decision.delay_ms is not None:
-                    retry["delay_seconds"] = decision.delay_ms / 1000
-                retries.append(retry)
+        acks = [d.message.lease for d in decisions if not d.retry]
+        retries = [
+            (d.message.lease, None if d.delay_ms is None else d.delay_ms / 1000)
+            for d in decisions
+            if d.retry
+        ]
         try:
-            await self._server.call(
-                "POST", f"{await self._messages_path()}/ack", {"acks": acks, "retries": retries}
-            )
+            path = f"{await self._messages_path()}/ack"
+            result = await self._server.call("POST", path, cloudflare.ack_request(acks, retries))
         except errors.KvQueueError:
             logger.exception("could not settle %d messages of %r", len(decisions), self._queue)
+            return
+        acked = cloudflare.ack_from_json(result)
+        dead_lettered = set(acked.dead_lettered)
+        for decision in decisions:
+            lease_id = decision.message.lease
+            message_id = decision.message.message_id
+            if not decision.retry:
+                outcome = "acked"
+            elif lease_id in dead_lettered:
+                outcome = "dead-lettered"
+            else:
+                outcome = "retried"
+            refused = acked.warnings.get(lease_id)
+            if refused is None:
+                logger.debug("message %s %s", message_id, outcome)
+            else:
+                logger.warning("message %s was not %s: %s", message_id, outcome, refused)
 
     def changes(self) -> int:
         """See :meth:`kvqueue.delivery.Source.changes`: the server tracks changes."""
         return 0
 
-    async def wait(self, *, timeout_ms: int, after_ms: int | None, since: int | None) -> None:
-        """See :meth:`kvqueue.delivery.Source.wait`: the next lease waits on the server."""
-        self._wait_ms = max(0, min(timeout_ms, _LONG_POLL_MS))
+    async def wait(
+        self,
+        *,
+        timeout_ms: int,
+        after_ms: int | None,
+        since: int | None,
+        fill: tuple[str, int] | None = None,
+    ) -> None:
+        """See :meth:`kvqueue.delivery.Source.wait`: a long poll on the server, by the
+        next lease (idle) or by a pull ahead for the batch being filled."""
+        wait_ms = max(0, min(timeout_ms, _LONG_POLL_MS))
+        if fill is None:
+            self._wait_ms = wait_ms
+            return
+        if self._ahead is None:
+            lease, limit = fill
+            self._ahead = asyncio.create_task(self._pull(lease, limit, wait_ms))
+        # asyncio.wait, unlike awaiting the task, leaves it running if this is cancelled.
+        await asyncio.wait({self._ahead})
 
     async def wait_for_change(self, *, timeout_ms: int) -> None:
-        """See :meth:`kvqueue.delivery.Source.wait_for_change`: look again shortly."""
-        await self.clock.sleep(min(timeout_ms / 1000, _GATE_POLL_SECONDS))
+        """See :meth:`kvqueue.delivery.Source.wait_for_change`: look again shortly.
+
+        In real time, as a local worker's gate waits: the server's state does not
+        move with this worker's clock."""
+        await asyncio.sleep(min(timeout_ms / 1000, _GATE_POLL_SECONDS))
 
 
 def _leased(queue: str, message: dict[str, Any]) -> model.LeasedMessage:

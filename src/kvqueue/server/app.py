@@ -38,17 +38,24 @@ API_ROOT = "/client/v4/accounts/{account_id}"
 _FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 413})
 
 
-def json_response(content: Any, status: int = 200) -> Response:
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response (orjson, so raw JSON fragments pass through)."""
-    headers = {"x-should-retry": "false"} if status in _FINAL_STATUSES else None
+    headers = dict(headers or {})
+    if status in _FINAL_STATUSES:
+        headers["x-should-retry"] = "false"
     return Response(
         orjson.dumps(content), status_code=status, media_type="application/json", headers=headers
     )
 
 
-def error_response(exc: errors.KvQueueError) -> Response:
-    """Cloudflare's error envelope with the error's status and code."""
-    return json_response(cloudflare.error_envelope(exc), exc.status)
+def error_response(exc: errors.KvQueueError, status: int | None = None) -> Response:
+    """Cloudflare's error envelope with the error's status (or ``status``) and code, and
+    the header naming the error's class (kvqueue's extension)."""
+    return json_response(
+        cloudflare.error_envelope(exc), status or exc.status, cloudflare.error_headers(exc)
+    )
 
 
 class QueueIds:
@@ -222,9 +229,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(errors.MethodNotAllowed(f"{request.method} is not allowed here"))
     if exc.status_code == 404:
         return error_response(errors.RouteNotFound(f"no route for {request.url.path}"))
-    failure = errors.InvalidInput(exc.detail or "bad request")
-    response = json_response(cloudflare.error_envelope(failure), exc.status_code)
-    return response
+    return error_response(errors.InvalidInput(exc.detail or "bad request"), exc.status_code)
 
 
 def create_app(
@@ -236,9 +241,10 @@ def create_app(
     from kvqueue.server.kv import Keyspaces, routes
 
     if endpoints is None:
+        from kvqueue.server import tokens
         from kvqueue.server.routes import ENDPOINTS
 
-        endpoints = ENDPOINTS
+        endpoints = (*ENDPOINTS, *tokens.endpoints())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

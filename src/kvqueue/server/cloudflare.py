@@ -49,6 +49,31 @@ def envelope(result: Any, **extra: Any) -> dict[str, Any]:
     return {"success": True, "errors": [], "messages": [], "result": result, **extra}
 
 
+#: kvqueue's extension: every error response names the error's class in this header,
+#: since a Cloudflare code is shared by several classes; kvqueue's client raises that
+#: very class (KV Connect's error responses carry the same header).
+ERROR_HEADER = "x-kvqueue-error"
+
+
+def error_headers(exc: errors.KvQueueError) -> dict[str, str]:
+    """The headers of an error response: :data:`ERROR_HEADER` naming the class."""
+    return {ERROR_HEADER: type(exc).__name__}
+
+
+def error_from_response(status: int, headers: Any, envelope: Any) -> errors.KvQueueError:
+    """The error a failed response stands for, rebuilt on the client: the class
+    :data:`ERROR_HEADER` names, else the deepest class with its status and code
+    (a server without the header)."""
+    problems = (envelope.get("errors") if isinstance(envelope, dict) else None) or [{}]
+    first = problems[0] if isinstance(problems[0], dict) else {}
+    message = str(first.get("message", f"HTTP {status}"))
+    named = getattr(errors, str(headers.get(ERROR_HEADER, "")), None)
+    if isinstance(named, type) and issubclass(named, errors.KvQueueError):
+        return errors.rebuilt(named, message)
+    code = first.get("code", 0)
+    return errors.from_response(status, code if isinstance(code, int) else 0, message)
+
+
 def error_envelope(exc: errors.KvQueueError) -> dict[str, Any]:
     """A failed response carrying the error's Cloudflare code and message."""
     return {
@@ -305,18 +330,23 @@ def sent_from_json(result: dict[str, Any]) -> SendResult:
 
 
 def ack_json(acked: AckResult) -> dict[str, Any]:
-    """An ack's result."""
-    return {
+    """An ack's result: Cloudflare's, and kvqueue's ``deadLettered`` (the retried
+    lease ids that were dead-lettered instead) when there are any."""
+    shape: dict[str, Any] = {
         "ackCount": acked.ack_count,
         "retryCount": acked.retry_count,
         "warnings": acked.warnings,
     }
+    if acked.dead_lettered:
+        shape["deadLettered"] = acked.dead_lettered
+    return shape
 
 
 def ack_from_json(result: dict[str, Any]) -> AckResult:
     """An ack's result read back."""
     warnings = {str(k): str(v) for k, v in (result.get("warnings") or {}).items()}
-    return AckResult(int(result["ackCount"]), int(result["retryCount"]), warnings)
+    dead_lettered = [str(lease_id) for lease_id in result.get("deadLettered") or []]
+    return AckResult(int(result["ackCount"]), int(result["retryCount"]), warnings, dead_lettered)
 
 
 def purge_status_json(purged: datetime | None) -> dict[str, Any]:

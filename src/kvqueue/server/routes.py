@@ -256,6 +256,23 @@ async def peek(call: Call) -> Any:
     return {"messages": [cloudflare.peeked_json(m, encoding) for m in peeked]}
 
 
+async def browse(call: Call) -> Any:
+    """kvqueue's extension: every message of a queue, page by page, leasing nothing."""
+    record = await call.queue("consume")
+    consumer = load_consumer(record.consumer) or DEFAULT_PULL_CONSUMER
+    encoding = cloudflare.request_body_encoding(call.body, consumer.body_encoding)
+    size = _whole(call.body, "batch_size")
+    page = await call.queues.browse_page(
+        split_name(record.name)[1],
+        limits.MAX_PULL_BATCH_SIZE if size is None else size,
+        cursor=field(call.body, "cursor", str),
+    )
+    return {
+        "messages": [cloudflare.peeked_json(m, encoding) for m in page.messages],
+        "cursor": page.cursor,
+    }
+
+
 async def purge_messages(call: Call) -> Any:
     name = await call.queue_name("admin")
     refs = [field(item, "ref", str, "") for item in items(call.body, "refs")]
@@ -328,6 +345,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/queues/{queue_id}/messages/ack", ack),
     Endpoint("POST", "/queues/{queue_id}/messages/extend", extend),
     Endpoint("POST", "/queues/{queue_id}/messages/peek", peek),
+    Endpoint("POST", "/queues/{queue_id}/messages/browse", browse),
     Endpoint("POST", "/queues/{queue_id}/messages/purge", purge_messages),
     Endpoint("GET", "/queues/{queue_id}/consumers", list_consumers),
     Endpoint("POST", "/queues/{queue_id}/consumers", create_consumer),

@@ -100,6 +100,17 @@ class Storage(Protocol):
         """Up to ``limit`` messages of ``queue`` in delivery order, leasing nothing."""
         ...
 
+    async def browse(
+        self, queue: str, *, limit: int, after: tuple[int, int] | None = None
+    ) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+        """Up to ``limit`` messages of ``queue`` in the order they were sent, leasing
+        nothing, each with its position ``(enqueued_at_ms, arrival number)``: those
+        after the position ``after`` (None: from the first). A message keeps its
+        position while it waits, is leased or retried, so paging by the last position
+        seen visits every message once however the queue is consumed meanwhile.
+        """
+        ...
+
     async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
         """Push the end of each still-held lease to ``lease_ms`` from now.
 

@@ -10,18 +10,26 @@ How it stays correct with many writers:
   cannot spoil another) and commits them together: one WAL flush and one trip
   through the version lock for many callers (group commit). Concurrent
   enqueue-only writes (sends) share one INSERT and are still refused one by one.
+* A group of nothing but sends and acks (the busy path) is pipelined instead:
+  BEGIN, the version lock, the acks, the queues' limits in one round trip,
+  then the INSERT, NOTIFY and COMMIT in a second. A group of acks alone is a
+  single statement (``kvqueue_ack``), a transaction of its own. Such writes
+  cannot fail one another, so they need no savepoints; should PostgreSQL
+  refuse a statement anyway, the group is rolled back and applied again the
+  careful way, op by op.
 * Leasing runs beside the writer on pooled connections with
   ``FOR UPDATE SKIP LOCKED``, so consumers in different processes never take
   one message twice and never wait for each other. A consumer bounded by
   ``max_leases`` takes a per-queue advisory lock, so the bound holds across
-  every process.
+  every process; lock, count and lease are one pipelined round trip.
 * A commit that changed something sends ``NOTIFY``; every process LISTENs on
   a connection of its own and wakes its waiters within a millisecond.
 * Times come from the database server's clock (:class:`ServerClock`), so
   machines whose clocks disagree still agree on lease deadlines and delays.
 * A lost connection is replaced. Work that had not reached COMMIT is retried
-  once on a fresh connection; a COMMIT whose answer was lost is reported as a
-  StorageError, since only the database knows whether it landed.
+  once on a fresh connection; a COMMIT whose answer was lost (for a pipelined
+  group: anything lost once its COMMIT was sent; for acks alone, anything) is
+  reported as a StorageError, since only the database knows whether it landed.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -53,9 +61,23 @@ from kvqueue.storage.common import (
     queue_record,
     versionstamp,
 )
-from kvqueue.storage.postgres_writes import Txn, apply_sends, apply_write, is_plain_send, scalar
+from kvqueue.storage.postgres_writes import (
+    SQL_MESSAGES_INSERT,
+    Txn,
+    ack_runs,
+    acked,
+    apply_sends,
+    apply_write,
+    delete_acked,
+    is_plain_ack,
+    is_plain_send,
+    plan_enqueues,
+    read_limits,
+    scalar,
+)
 
 T = TypeVar("T")
+K = TypeVar("K")
 Connection = psycopg.AsyncConnection[Any]
 
 logger = logging.getLogger("kvqueue.postgres")
@@ -83,6 +105,16 @@ SQL_SERVER_NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 SQL_BEGIN_BUMP = """
 BEGIN; UPDATE kvqueue_meta SET version = version + {} WHERE id = 0 RETURNING version
 """
+# The same for a pipeline, where statements go one by one but parameters are allowed.
+SQL_BUMP = "UPDATE kvqueue_meta SET version = version + %s WHERE id = 0 RETURNING version"
+SQL_NOTIFY = "SELECT pg_notify(%s, %s)"
+# The INSERT of a pipelined group and its NOTIFY in one statement.
+SQL_MESSAGES_INSERT_NOTIFY = f"WITH inserted AS ({SQL_MESSAGES_INSERT}) {SQL_NOTIFY}"
+# A group of nothing but acks, whole (see 0002_counts_and_acks.sql).
+SQL_ACK = """
+SELECT last_version, gone_queues, gone_ids
+FROM kvqueue_ack(%s, %b::text[], %b::text[], %s, %s)
+"""
 SQL_KV_RANGE = """
 SELECT key, value, encoding, version FROM kvqueue_kv
 WHERE key >= %s AND key < %s AND (expires_at IS NULL OR expires_at > %s)
@@ -96,15 +128,26 @@ ORDER BY key DESC LIMIT %s
 SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND expires_at <= %s"
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
 SQL_LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-SQL_LEASES_HELD = """
-SELECT count(DISTINCT lease) FROM kvqueue_messages
-WHERE queue = %s AND lease IS NOT NULL AND lease <> %s AND visible_at > %s
-"""
 SQL_MESSAGE_LEASE = """
 UPDATE kvqueue_messages AS m SET attempts = m.attempts + 1, lease = %s, visible_at = %s
 FROM (
   SELECT seq FROM kvqueue_messages WHERE queue = %s AND visible_at <= %s
   ORDER BY visible_at, seq LIMIT %s FOR UPDATE SKIP LOCKED
+) AS taken
+WHERE m.seq = taken.seq
+RETURNING m.seq, m.id, m.body, m.content_type, m.enqueued_at, m.attempts, m.attributes
+"""
+# The same, taking nothing while max_leases other leases hold messages of the queue
+# (counted after SQL_LEASE_LOCK, by a statement of its own: a snapshot taken then).
+SQL_MESSAGE_LEASE_BOUNDED = """
+UPDATE kvqueue_messages AS m SET attempts = m.attempts + 1, lease = %(lease)s,
+  visible_at = %(until)s
+FROM (
+  SELECT seq FROM kvqueue_messages WHERE queue = %(queue)s AND visible_at <= %(now)s
+  ORDER BY visible_at, seq
+  LIMIT CASE WHEN kvqueue_leases_held(%(queue)s, %(lease)s, %(now)s) >= %(max_leases)s
+    THEN 0 ELSE %(limit)s END
+  FOR UPDATE SKIP LOCKED
 ) AS taken
 WHERE m.seq = taken.seq
 RETURNING m.seq, m.id, m.body, m.content_type, m.enqueued_at, m.attempts, m.attributes
@@ -122,18 +165,24 @@ SQL_MESSAGE_PEEK = """
 SELECT id, body, content_type, enqueued_at, attempts, attributes FROM kvqueue_messages
 WHERE queue = %s ORDER BY visible_at, seq LIMIT %s
 """
+SQL_MESSAGE_BROWSE = """
+SELECT id, body, content_type, enqueued_at, attempts, attributes, seq FROM kvqueue_messages
+WHERE queue = %s AND enqueued_at >= %s AND (enqueued_at > %s OR seq > %s)
+ORDER BY enqueued_at, seq LIMIT %s
+"""
 SQL_MESSAGE_OLDEST = "SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = %s"
 # One statement, so one snapshot and one round trip.
 SQL_QUEUE_STATS = """
 SELECT q.retried, q.dead_lettered, coalesce(b.count, 0), coalesce(b.bytes, 0),
   (SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = q.name),
-  (SELECT count(*) FROM kvqueue_messages
-   WHERE queue = q.name AND lease IS NOT NULL AND visible_at > %s)
+  kvqueue_in_flight(q.name, %s)
 FROM kvqueue_queues AS q LEFT JOIN kvqueue_backlog AS b ON b.queue = q.name
 WHERE q.name = %s
 """
 SQL_MESSAGES_EXPIRED = "DELETE FROM kvqueue_messages WHERE queue = %s AND enqueued_at <= %s"
 SQL_QUEUE_GET = f"SELECT {QUEUE_COLUMNS} FROM kvqueue_queues WHERE name = ANY(%s) ORDER BY name"
+# One queue (a worker's check before each batch): a plan PostgreSQL keeps.
+SQL_QUEUE_GET_ONE = f"SELECT {QUEUE_COLUMNS} FROM kvqueue_queues WHERE name = %s"
 SQL_QUEUE_ALL = f"SELECT {QUEUE_COLUMNS} FROM kvqueue_queues ORDER BY name"
 SQL_QUEUE_RETAINED = "SELECT name, retention FROM kvqueue_queues WHERE retention IS NOT NULL"
 
@@ -252,6 +301,7 @@ class PostgresStorage(Waits):
         self._origin = secrets.token_hex(8)
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stats = _Shared(self._read_stats)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None) -> PostgresStorage:
@@ -377,6 +427,13 @@ class PostgresStorage(Waits):
         raise AssertionError("unreachable")
 
     async def _apply(self, conn: Connection, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
+        applied = None
+        if all(w is not None and is_plain_ack(w) for _, _, w in batch):
+            applied = await self._apply_acks(conn, batch)
+        elif _PIPELINES and all(w is not None and _pipelinable(w) for _, _, w in batch):
+            applied = await self._apply_pipelined(conn, batch)
+        if applied is not None:
+            return applied
         alone = len(batch) == 1
         outcomes: list[_Outcome] = []
         cursor = await conn.execute(sql.SQL(SQL_BEGIN_BUMP).format(sql.Literal(len(batch))))
@@ -435,6 +492,116 @@ class PostgresStorage(Waits):
                 await conn.execute("ROLLBACK")
             raise
         return outcomes, txn.changed
+
+    async def _apply_acks(
+        self, conn: Connection, batch: list[_Pending]
+    ) -> tuple[list[_Outcome], bool] | None:
+        """Apply a group of nothing but acks as one statement, a transaction of its own.
+
+        Returns None when PostgreSQL refused it (nothing landed): the caller
+        then applies the group op by op.
+        """
+        acks = [s for _, _, w in batch if w is not None for s in w.settlements]
+        params = (
+            len(batch),
+            [a.queue for a in acks],
+            [a.message_id for a in acks],
+            self._channel,
+            self._origin,
+        )
+        try:
+            row = await (await conn.execute(SQL_ACK, params)).fetchone()
+        except psycopg.Error as exc:
+            if conn.broken:
+                # The statement is the COMMIT: it may have landed.
+                raise _Committing(exc) from exc
+            return None
+        assert row is not None
+        last, queues, ids = row
+        # Each message is found by the first ack that names it, as if applied in order.
+        gone = set(zip(queues or (), ids or (), strict=True))
+        first = int(last) - len(batch)
+        outcomes: list[_Outcome] = []
+        for number, (_, future, write) in enumerate(batch, start=1):
+            assert write is not None
+            settled: list[bool] = []
+            for s in write.settlements:
+                settled.append((s.queue, s.message_id) in gone)
+                gone.discard((s.queue, s.message_id))
+            committed = model.Committed(versionstamp(first + number), tuple(settled))
+            outcomes.append((future, committed, None))
+        return outcomes, True
+
+    async def _apply_pipelined(
+        self, conn: Connection, batch: list[_Pending]
+    ) -> tuple[list[_Outcome], bool] | None:
+        """Apply a group of sends and acks in one pipeline (see the module docstring).
+
+        Statements run in the group's order, so a send sees the backlog that the
+        acks before it left. Returns None when PostgreSQL refused a statement: the
+        transaction is then rolled back, and the caller applies the group op by op.
+        """
+        now = self.clock.now_ms()
+        # Per caller: its future, its refusal or its version (counted from the
+        # group's first), and its acks with the cursors that will say what they found.
+        planned: list[tuple[asyncio.Future[Any], Exception | None, int, list[Any]]] = []
+        version = 0
+        notified = committing = False
+        try:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                bumped = await conn.execute(SQL_BUMP, (len(batch),))
+                start = 0
+                while start < len(batch):
+                    _, future, write = batch[start]
+                    assert write is not None
+                    if is_plain_ack(write):
+                        acks = [s for s in write.settlements if isinstance(s, model.Ack)]
+                        deletes = [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
+                        version += 1
+                        planned.append((future, None, version, deletes))
+                        start += 1
+                        continue
+                    end = start + 1
+                    while end < len(batch) and (write := batch[end][2]) and is_plain_send(write):
+                        end += 1
+                    writes = [w for _, _, w in batch[start:end] if w is not None]
+                    # The one wait before COMMIT: what a send may be refused for.
+                    found = await (await read_limits(conn, writes)).fetchall()
+                    refusals, insert = plan_enqueues(writes, found, now)
+                    if insert is not None:
+                        notify = (self._channel, self._origin)
+                        await conn.execute(SQL_MESSAGES_INSERT_NOTIFY, (*insert, *notify))
+                        notified = True
+                    for (_, future, _), refusal in zip(batch[start:end], refusals, strict=True):
+                        if refusal is None:
+                            version += 1
+                        planned.append((future, refusal, version, []))
+                    start = end
+                if version and not notified:
+                    await conn.execute(SQL_NOTIFY, (self._channel, self._origin))
+                committing = True
+                await conn.execute("COMMIT")
+            row = await bumped.fetchone()
+            assert row is not None
+            first = int(row[0]) - len(batch)
+            outcomes: list[_Outcome] = []
+            for future, refusal, offset, deletes in planned:
+                if refusal is not None:
+                    outcomes.append((future, None, refusal))
+                    continue
+                settled = [found for run, cursor in deletes for found in await acked(cursor, run)]
+                committed = model.Committed(versionstamp(first + offset), tuple(settled))
+                outcomes.append((future, committed, None))
+        except psycopg.Error as exc:
+            if conn.broken:
+                if committing:
+                    raise _Committing(exc) from exc
+                raise
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
+            return None
+        return outcomes, version > 0
 
     async def _apply_sends(self, txn: Txn, run: list[_Pending], *, alone: bool) -> list[_Outcome]:
         """Enqueue-only writes of many callers: one INSERT, each still refused on its own.
@@ -547,26 +714,34 @@ class PostgresStorage(Waits):
     ) -> list[model.LeasedMessage]:
         """See :meth:`kvqueue.storage.base.Storage.lease`."""
 
-        async def take(conn: Connection) -> list[Any]:
-            now = self.clock.now_ms()
-            cursor = await conn.execute(
-                SQL_MESSAGE_LEASE, (lease, now + lease_ms, queue, now, limit)
-            )
-            return await cursor.fetchall()
-
         async def run(conn: Connection) -> list[Any]:
+            now = self.clock.now_ms()
             if max_leases is None:
-                return await take(conn)
-            async with conn.transaction():
-                # Counting leases and taking one must not interleave with
-                # another process doing the same, or both would see room.
-                await conn.execute(SQL_LEASE_LOCK, (f"{self._channel}:{queue}",))
-                now = self.clock.now_ms()
-                cursor = await conn.execute(SQL_LEASES_HELD, (queue, lease, now))
-                row = await cursor.fetchone()
-                if row is not None and row[0] >= max_leases:
-                    return []
-                return await take(conn)
+                params = (lease, now + lease_ms, queue, now, limit)
+                cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
+                return await cursor.fetchall()
+            bounded = {
+                "lease": lease,
+                "until": now + lease_ms,
+                "queue": queue,
+                "now": now,
+                "limit": limit,
+                "max_leases": max_leases,
+            }
+            try:
+                async with conn.pipeline() if _PIPELINES else contextlib.nullcontext():
+                    await conn.execute("BEGIN")
+                    # Counting leases and taking one must not interleave with
+                    # another process doing the same, or both would see room.
+                    await conn.execute(SQL_LEASE_LOCK, (f"{self._channel}:{queue}",))
+                    cursor = await conn.execute(SQL_MESSAGE_LEASE_BOUNDED, bounded, binary=True)
+                    await conn.execute("COMMIT")
+            except psycopg.Error:
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+            return await cursor.fetchall()
 
         rows = await self._run(run)
         rows.sort(key=lambda row: row[0])
@@ -593,6 +768,8 @@ class PostgresStorage(Waits):
         async def run(conn: Connection) -> list[model.QueueRecord]:
             if names is None:
                 cursor = await conn.execute(SQL_QUEUE_ALL)
+            elif len(names) == 1:
+                cursor = await conn.execute(SQL_QUEUE_GET_ONE, (names[0],))
             else:
                 cursor = await conn.execute(SQL_QUEUE_GET, (list(names),))
             found = {row[0]: queue_record(row) for row in await cursor.fetchall()}
@@ -603,7 +780,14 @@ class PostgresStorage(Waits):
         return await self._run(run)
 
     async def stats(self, queue: str) -> model.QueueStats:
-        """See :meth:`kvqueue.storage.base.Storage.stats`."""
+        """See :meth:`kvqueue.storage.base.Storage.stats`.
+
+        Concurrent callers share queries (see :class:`_Shared`): many producers
+        sending at once each want their queue's metrics after their send.
+        """
+        return await self._stats(queue)
+
+    async def _read_stats(self, queue: str) -> model.QueueStats:
         now = self.clock.now_ms()
 
         async def run(conn: Connection) -> model.QueueStats:
@@ -621,6 +805,19 @@ class PostgresStorage(Waits):
         async def run(conn: Connection) -> list[model.StoredMessage]:
             cursor = await conn.execute(SQL_MESSAGE_PEEK, (queue, limit))
             return [model.StoredMessage(queue, *row) for row in await cursor.fetchall()]
+
+        return await self._run(run)
+
+    async def browse(
+        self, queue: str, *, limit: int, after: tuple[int, int] | None = None
+    ) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+        """See :meth:`kvqueue.storage.base.Storage.browse`."""
+        ms, seq = after if after is not None else (-(2**63), -(2**63))
+
+        async def run(conn: Connection) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+            cursor = await conn.execute(SQL_MESSAGE_BROWSE, (queue, ms, ms, seq, limit))
+            rows = await cursor.fetchall()
+            return [(model.StoredMessage(queue, *row[:-1]), (row[3], row[-1])) for row in rows]
 
         return await self._run(run)
 
@@ -663,8 +860,71 @@ class PostgresStorage(Waits):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.gather(*self._stats.tasks, return_exceptions=True)
         await self._pool.close()
         self._signal.fire()
+
+
+class _Shared(Generic[K, T]):
+    """A read that concurrent callers share, each still seeing everything committed
+    before it asked.
+
+    A caller never joins a query already running (it may have started before
+    the caller's own commit): it joins the next one, which starts once the
+    running one is done, and which everyone arriving meanwhile joins too.
+    """
+
+    def __init__(self, read: Callable[[K], Awaitable[T]]) -> None:
+        self._read = read
+        self._next: dict[K, asyncio.Future[T]] = {}
+        self._running: dict[K, asyncio.Task[None]] = {}
+        #: The queries under way, so that closing can wait for them.
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, key: K) -> T:
+        joined = self._next.get(key)
+        if joined is None:
+            joined = asyncio.get_running_loop().create_future()
+            # Every caller may have gone (cancelled) by the time it fails.
+            joined.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._next[key] = joined
+            task = asyncio.create_task(self._query(key, joined))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        # One caller giving up must not cancel the query for the others.
+        return await asyncio.shield(joined)
+
+    async def _query(self, key: K, joined: asyncio.Future[T]) -> None:
+        try:
+            running = self._running.get(key)
+            if running is not None:
+                await asyncio.wait([running])
+            # From now on, newcomers wait for the next query.
+            del self._next[key]
+            task = asyncio.current_task()
+            assert task is not None
+            self._running[key] = task
+            try:
+                joined.set_result(await self._read(key))
+            except Exception as exc:
+                joined.set_exception(exc)
+            finally:
+                if self._running.get(key) is task:
+                    del self._running[key]
+        finally:
+            if not joined.done():
+                joined.cancel()
+            if self._next.get(key) is joined:
+                del self._next[key]
+
+
+# Pipeline mode needs libpq 14 or later (psycopg's binary package bundles one).
+_PIPELINES = psycopg.AsyncPipeline.is_supported()
+
+
+def _pipelinable(write: model.AtomicWrite) -> bool:
+    """Whether a write can join a pipelined group: a plain send or plain acks."""
+    return is_plain_send(write) or is_plain_ack(write)
 
 
 class _Committing(Exception):

@@ -2,9 +2,12 @@
 
 The mechanics of :meth:`kvqueue.storage.base.Storage.commit` for PostgreSQL:
 checks, queue changes, mutations, enqueues and settlements, each as few round
-trips as it can (arrays with ``unnest``/``ANY``), and many enqueue-only writes
-of concurrent callers folded into one INSERT. Policy is decided above the
-storage boundary; nothing here chooses a delay or a dead-letter queue.
+trips as it can (arrays with ``unnest``/``ANY``, sent in binary: no quoting of
+every element), and many enqueue-only writes of concurrent callers folded into
+one INSERT. Enqueues and acks also come in pieces (read the limits, plan,
+insert; delete, then read what was found) so the writer can pipeline a whole
+group of them. Policy is decided above the storage boundary; nothing here
+chooses a delay or a dead-letter queue.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kvqueue.storage.common import (
 )
 
 Connection = psycopg.AsyncConnection[Any]
+Cursor = psycopg.AsyncCursor[Any]
 
 # --- SQL ----------------------------------------------------------------------
 SQL_KV_LIVE_VERSIONS = """
@@ -45,14 +49,18 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, encoding = excluded.enco
 SQL_KV_DELETE = "DELETE FROM kvqueue_kv WHERE key = %s"
 SQL_MESSAGES_INSERT = """
 INSERT INTO kvqueue_messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::bigint[],
-                     %s::bigint[], %s::bytea[])
+SELECT queue, id, body, content_type, %b::bigint, visible_at, attributes
+FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::text[], %b::bigint[], %b::bytea[])
+  AS m(queue, id, body, content_type, visible_at, attributes)
 """
+# Settings and backlog in one statement: one snapshot, one round trip. The usual
+# single queue by name: PostgreSQL then keeps one plan instead of planning each time.
 SQL_QUEUES_LIMITS = """
-SELECT name, delivery_delay, max_backlog, max_backlog_bytes FROM kvqueue_queues
-WHERE name = ANY(%s)
+SELECT q.name, q.delivery_delay, q.max_backlog, q.max_backlog_bytes, b.count, b.bytes
+FROM kvqueue_queues AS q LEFT JOIN kvqueue_backlog AS b ON b.queue = q.name
+WHERE q.name = ANY(%b::text[])
 """
-SQL_QUEUES_BACKLOG = "SELECT queue, count, bytes FROM kvqueue_backlog WHERE queue = ANY(%s)"
+SQL_QUEUE_LIMITS = SQL_QUEUES_LIMITS.replace("= ANY(%b::text[])", "= %s")
 # FOR SHARE: a lease checked here cannot be taken by another consumer before we commit.
 SQL_LEASES_CHECK = """
 SELECT count(*) FROM (
@@ -62,7 +70,9 @@ SELECT count(*) FROM (
   FOR SHARE OF m
 ) AS found
 """
-SQL_MESSAGES_ACK = "DELETE FROM kvqueue_messages WHERE queue = %s AND id = ANY(%s) RETURNING id"
+SQL_MESSAGES_ACK = """
+DELETE FROM kvqueue_messages WHERE queue = %s AND id = ANY(%b::text[]) RETURNING id
+"""
 SQL_MESSAGE_RETRY = """
 UPDATE kvqueue_messages SET visible_at = %s, lease = NULL
 WHERE id = %s AND lease = %s AND queue = %s
@@ -174,6 +184,18 @@ def is_plain_send(write: model.AtomicWrite) -> bool:
     )
 
 
+def is_plain_ack(write: model.AtomicWrite) -> bool:
+    """Only acks: such a write needs nothing read before it applies."""
+    return bool(write.settlements) and not (
+        write.checks
+        or write.lease_checks
+        or write.queue_changes
+        or write.mutations
+        or write.enqueues
+        or any(not isinstance(s, model.Ack) for s in write.settlements)
+    )
+
+
 async def apply_sends(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Any]:
     """Apply many enqueue-only writes with one INSERT, as if one after another.
 
@@ -193,26 +215,41 @@ async def apply_sends(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Any
 
 
 async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Exception | None]:
-    """Insert the enqueues of each write that fits, in order; the others are refused.
+    """Insert the enqueues of each write that fits, in order; the others are refused."""
+    found = await (await read_limits(txn.conn, writes)).fetchall()
+    refusals, insert = plan_enqueues(writes, found, txn.now)
+    if insert is not None:
+        await txn.conn.execute(SQL_MESSAGES_INSERT, insert)
+    return refusals
+
+
+async def read_limits(conn: Connection, writes: Sequence[model.AtomicWrite]) -> Cursor:
+    """Start reading what :func:`plan_enqueues` needs: the settings and backlog of
+    every queue the writes enqueue to."""
+    names = list(dict.fromkeys(e.queue for w in writes for e in w.enqueues))
+    if len(names) == 1:
+        return await conn.execute(SQL_QUEUE_LIMITS, (names[0],))
+    return await conn.execute(SQL_QUEUES_LIMITS, (names,))
+
+
+def plan_enqueues(
+    writes: Sequence[model.AtomicWrite], found: Sequence[tuple[Any, ...]], now: int
+) -> tuple[list[Exception | None], tuple[Any, ...] | None]:
+    """Which writes are refused, and the parameters of SQL_MESSAGES_INSERT for the
+    others (None if nothing is left to insert); ``found`` is what
+    :func:`read_limits` read.
 
     Backlog limits are checked against the running totals, so each write sees
     the backlog the writes before it left, exactly as if committed one by one.
     """
-    conn, now = txn.conn, txn.now
-    names = list(dict.fromkeys(e.queue for w in writes for e in w.enqueues))
-    cursor = await conn.execute(SQL_QUEUES_LIMITS, (names,))
-    limits = {row[0]: row[1:] for row in await cursor.fetchall()}
+    limits = {row[0]: row[1:4] for row in found}
     every = [e for w in writes for e in w.enqueues]
-    watched = [
-        name
-        for name in names
-        if name in limits and backlog_bounds(name, every, *limits[name][1:]) != (None, None)
-    ]
-    totals: dict[str, list[int]] = {name: [0, 0] for name in watched}
-    if watched:
-        cursor = await conn.execute(SQL_QUEUES_BACKLOG, (watched,))
-        for name, count, size in await cursor.fetchall():
-            totals[name] = [count, size]
+    # Only queues with a limit keep totals: _refusal checks no other.
+    totals: dict[str, list[int]] = {
+        row[0]: [row[4] or 0, row[5] or 0]
+        for row in found
+        if backlog_bounds(row[0], every, *row[2:4]) != (None, None)
+    }
     refusals: list[Exception | None] = []
     rows: list[tuple[Any, ...]] = []
     for write in writes:
@@ -226,13 +263,9 @@ async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Except
                 totals[e.queue][1] += len(e.body)
             delay = limits[e.queue][0] if e.delay_ms is None else e.delay_ms
             rows.append((e.queue, e.message_id, e.body, e.content_type, now + delay, e.attributes))
-    if rows:
-        queues, ids, bodies, types, visible, attributes = (list(c) for c in zip(*rows, strict=True))
-        await conn.execute(
-            SQL_MESSAGES_INSERT,
-            (queues, ids, bodies, types, [now] * len(rows), visible, attributes),
-        )
-    return refusals
+    if not rows:
+        return refusals, None
+    return refusals, (now, *(list(column) for column in zip(*rows, strict=True)))
 
 
 def _refusal(
@@ -261,28 +294,45 @@ def _refusal(
 async def _apply_settlements(txn: Txn, settlements: Sequence[model.Settlement]) -> tuple[bool, ...]:
     """Apply settlements in order; runs of acks on one queue take one statement."""
     found: list[bool] = []
-    acks: list[model.Ack] = []
-
-    async def flush() -> None:
-        if not acks:
-            return
-        cursor = await txn.conn.execute(
-            SQL_MESSAGES_ACK, (acks[0].queue, [a.message_id for a in acks])
-        )
-        gone = {row[0] for row in await cursor.fetchall()}
-        found.extend(a.message_id in gone for a in acks)
-        acks.clear()
-
-    for s in settlements:
-        if isinstance(s, model.Ack):
-            if (acks and acks[0].queue != s.queue) or s.message_id in {a.message_id for a in acks}:
-                await flush()
-            acks.append(s)
-            continue
-        await flush()
-        found.append(await _apply_settlement(txn, s))
-    await flush()
+    start = 0
+    while start < len(settlements):
+        end = start
+        while end < len(settlements) and isinstance(settlements[end], model.Ack):
+            end += 1
+        acks = [s for s in settlements[start:end] if isinstance(s, model.Ack)]
+        for run in ack_runs(acks):
+            found += await acked(await delete_acked(txn.conn, run), run)
+        if end < len(settlements):
+            settlement = settlements[end]
+            assert not isinstance(settlement, model.Ack)
+            found.append(await _apply_settlement(txn, settlement))
+        start = end + 1
     return tuple(found)
+
+
+def ack_runs(acks: Sequence[model.Ack]) -> list[list[model.Ack]]:
+    """Consecutive acks cut into runs that one DELETE each applies: a run ends where
+    the queue changes or a message comes again (the repeat then finds nothing)."""
+    runs: list[list[model.Ack]] = []
+    ids: set[str] = set()
+    for ack in acks:
+        if not runs or ack.queue != runs[-1][0].queue or ack.message_id in ids:
+            runs.append([])
+            ids.clear()
+        runs[-1].append(ack)
+        ids.add(ack.message_id)
+    return runs
+
+
+async def delete_acked(conn: Connection, run: Sequence[model.Ack]) -> Cursor:
+    """Start deleting one run of acks (see :func:`ack_runs`)."""
+    return await conn.execute(SQL_MESSAGES_ACK, (run[0].queue, [a.message_id for a in run]))
+
+
+async def acked(cursor: Cursor, run: Sequence[model.Ack]) -> list[bool]:
+    """Per ack of ``run``, whether :func:`delete_acked` found its message."""
+    gone = {row[0] for row in await cursor.fetchall()}
+    return [a.message_id in gone for a in run]
 
 
 async def _apply_settlement(txn: Txn, s: model.Retry | model.DeadLetter) -> bool:

@@ -5,8 +5,12 @@ Durability and concurrency, in short:
 * WAL with ``synchronous=FULL``: a commit that returned is on disk.
 * One writer thread per open database. Callers' writes queue up for it; it
   takes everything waiting, applies each in its own savepoint (so one failed
-  write cannot spoil another) and commits them together: one fsync for many
-  callers (group commit). Each caller still gets its own versionstamp.
+  write cannot spoil another; a write alone needs none) and commits them
+  together: one fsync for many callers (group commit). Each caller still gets
+  its own versionstamp.
+* Python's sqlite3 lets go of the GIL on every step of a statement, and taking
+  it back from a busy event loop can cost more than the step: so a batch of
+  messages is written with a few statements, not one per message or row.
 * Reads run on a small pool of reader threads, each with its own connection,
   in parallel with the writer (WAL snapshots).
 * Several processes may open one file: ``BEGIN IMMEDIATE`` serialises their
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import queue as queue_module
 import shutil
@@ -84,8 +90,11 @@ SQL_META_VERSION = "SELECT version FROM meta WHERE id = 0"
 SQL_META_SET_VERSION = "UPDATE meta SET version = ? WHERE id = 0"
 SQL_MESSAGE_INSERT = """
 INSERT INTO messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES
 """
+# Messages are inserted by a multi-row VALUES of one of these sizes: a few fixed
+# statements (they stay in the statement cache) cover any number of messages.
+_INSERT_CHUNKS = (128, 64, 32, 16, 8, 4, 2, 1)
 SQL_QUEUE_BACKLOG = "SELECT count, bytes FROM queue_backlog WHERE queue = ?"
 SQL_LEASES_HELD = """
 SELECT count(DISTINCT lease) FROM messages
@@ -101,9 +110,26 @@ RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
 """
 SQL_MESSAGE_EXTEND = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
 SQL_MESSAGE_LEASE_HELD = "SELECT 1 FROM messages WHERE id = ? AND lease = ?"
-SQL_MESSAGE_ACK = "DELETE FROM messages WHERE id = ? AND queue = ?"
-SQL_MESSAGE_RETRY = """
-UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ? AND queue = ?
+# Settlements go in two statements per queue (and lease), the ids as a JSON array:
+# which of them are there (one row back), then the change. Fixed statement texts
+# for any number of ids, so they stay cached; and no RETURNING, whose row-by-row
+# stepping hands Python's GIL to and fro once a row. The unary + keeps the planner
+# on the id index: without it, it may walk the whole queue through an index on
+# queue and test each row against the list.
+SQL_MESSAGE_ACK_FOUND = """
+SELECT json_group_array(id) FROM messages
+WHERE +queue = ? AND id IN (SELECT value FROM json_each(?))
+"""
+SQL_MESSAGE_ACK_MANY = """
+DELETE FROM messages WHERE +queue = ? AND id IN (SELECT value FROM json_each(?))
+"""
+SQL_MESSAGE_RETRY_FOUND = """
+SELECT json_group_array(id) FROM messages
+WHERE +queue = ? AND lease = ? AND id IN (SELECT value FROM json_each(?))
+"""
+SQL_MESSAGE_RETRY_MANY = """
+UPDATE messages SET visible_at = ?, lease = NULL
+WHERE +queue = ? AND lease = ? AND id IN (SELECT value FROM json_each(?))
 """
 SQL_MESSAGE_MOVE = """
 UPDATE messages SET queue = ?, attempts = 0, lease = NULL, visible_at = ?, attributes = NULL
@@ -116,6 +142,11 @@ SELECT min(visible_at) FROM messages WHERE queue = ? AND visible_at > ?
 SQL_MESSAGE_PEEK = """
 SELECT id, body, content_type, enqueued_at, attempts, attributes FROM messages
 WHERE queue = ? ORDER BY visible_at, seq LIMIT ?
+"""
+SQL_MESSAGE_BROWSE = """
+SELECT id, body, content_type, enqueued_at, attempts, attributes, seq FROM messages
+WHERE queue = ? AND enqueued_at >= ? AND (enqueued_at > ? OR seq > ?)
+ORDER BY enqueued_at, seq LIMIT ?
 """
 SQL_MESSAGE_OLDEST = "SELECT min(enqueued_at) FROM messages WHERE queue = ?"
 SQL_MESSAGE_IN_FLIGHT = """
@@ -150,7 +181,7 @@ SQL_QUEUE_SET_CONSUMER = "UPDATE queues SET consumer = ?, modified_at = ? WHERE 
 SQL_QUEUE_DELETE = "DELETE FROM queues WHERE name = ?"
 SQL_QUEUE_PURGE = "DELETE FROM messages WHERE queue = ?"
 SQL_BACKLOG_DELETE = "DELETE FROM queue_backlog WHERE queue = ?"
-SQL_QUEUE_RETRIED = "UPDATE queues SET retried = retried + 1 WHERE name = ?"
+SQL_QUEUE_RETRIED = "UPDATE queues SET retried = retried + ? WHERE name = ?"
 SQL_QUEUE_DEAD_LETTERED = "UPDATE queues SET dead_lettered = dead_lettered + 1 WHERE name = ?"
 SQL_QUEUE_COUNTERS = "SELECT retried, dead_lettered FROM queues WHERE name = ?"
 
@@ -272,6 +303,8 @@ class _Writer:
         try:
             start = conn.execute(SQL_META_VERSION).fetchone()[0]
             txn = _Txn(conn, self._clock.now_ms(), start)
+            if len(batch) == 1:
+                return self._apply_alone(txn, start, *batch[0])
             for op, future in batch:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -297,6 +330,26 @@ class _Writer:
             error.__cause__ = exc
             return [(future, None, error) for _, future in batch]
         return outcomes
+
+    def _apply_alone(
+        self, txn: _Txn, start: int, op: _Op, future: asyncio.Future[Any]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        # One write in the transaction: its failure can undo the transaction, so it
+        # needs no savepoint (two statements fewer, each a hand-over of the GIL).
+        conn = txn.conn
+        try:
+            result = op(txn)
+        except CheckFailed:
+            conn.execute("ROLLBACK")
+            return [(future, None, None)]
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return [(future, None, _translate(exc))]
+        if txn.version != start:
+            conn.execute(SQL_META_SET_VERSION, (txn.version,))
+        conn.execute("COMMIT")
+        return [(future, result, None)]
 
     def _settle(
         self,
@@ -517,6 +570,20 @@ class SqliteStorage(Waits):
 
         return await self._read(run)
 
+    async def browse(
+        self, queue: str, *, limit: int, after: tuple[int, int] | None = None
+    ) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+        """See :meth:`kvqueue.storage.base.Storage.browse`."""
+        ms, seq = after if after is not None else (-(2**63), -(2**63))
+
+        def run(
+            conn: sqlite3.Connection, now: int
+        ) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
+            rows = conn.execute(SQL_MESSAGE_BROWSE, (queue, ms, ms, seq, limit)).fetchall()
+            return [(model.StoredMessage(queue, *row[:-1]), (row[3], row[-1])) for row in rows]
+
+        return await self._read(run)
+
     async def _next_visible(self, queue: str, since: int) -> int | None:
         found: int | None = await self._read(
             lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[0]
@@ -589,13 +656,14 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
             conn.execute(SQL_KV_SET, (m.key, combined, int(ValueEncoding.LE64), version, None))
     if write.enqueues:
         _apply_enqueues(txn, write.enqueues)
-    settled = tuple(_apply_settlement(txn, s) for s in write.settlements)
+    settled = _apply_settlements(txn, write.settlements) if write.settlements else ()
     return model.Committed(versionstamp(version), settled)
 
 
 def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
     conn, now = txn.conn, txn.now
     limits: dict[str, tuple[int, int | None, int | None]] = {}
+    rows: list[tuple[str, str, bytes, str, int, int, bytes | None]] = []
     for e in enqueues:
         queue = limits.get(e.queue)
         if queue is None:
@@ -604,10 +672,8 @@ def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
                 raise errors.QueueNotFound(e.queue)
             queue = limits[e.queue] = row
         delay = queue[0] if e.delay_ms is None else e.delay_ms
-        conn.execute(
-            SQL_MESSAGE_INSERT,
-            (e.queue, e.message_id, e.body, e.content_type, now, now + delay, e.attributes),
-        )
+        rows.append((e.queue, e.message_id, e.body, e.content_type, now, now + delay, e.attributes))
+    _insert_messages(conn, rows)
     # Checked once per queue after all inserts: the totals are what must fit.
     for name, (_, max_backlog, max_bytes) in limits.items():
         bounds = backlog_bounds(name, enqueues, max_backlog, max_bytes)
@@ -619,16 +685,90 @@ def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
             raise refusal
 
 
-def _apply_settlement(txn: _Txn, s: model.Settlement) -> bool:
+def _insert_messages(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert message rows in order (seq follows it), a few statements for all.
+
+    One statement per row (or executemany) steps SQLite once a row, and each step
+    lets go of Python's GIL and takes it back: with the event loop busy in another
+    thread, that handover, not SQLite, is what the writer waits for.
+    """
+    start = 0
+    for size in _INSERT_CHUNKS:
+        while len(rows) - start >= size:
+            chunk = rows[start : start + size]
+            sql = SQL_MESSAGE_INSERT + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
+            conn.execute(sql, [value for row in chunk for value in row])
+            start += size
+
+
+def _apply_settlements(txn: _Txn, settlements: Sequence[model.Settlement]) -> tuple[bool, ...]:
+    """Apply settlements in their order; for each, whether it found its message.
+
+    Consecutive acks (and consecutive retries) are applied together, a statement
+    per queue, which gives the same outcome as one by one: an ack only deletes, and
+    a repeated id counts as found only the first time, as it would in order.
+    Dead letters, rare, go one at a time.
+    """
+    settled: list[bool] = []
+    for _, group in itertools.groupby(settlements, type):
+        run = list(group)
+        acks = [s for s in run if isinstance(s, model.Ack)]
+        retries = [s for s in run if isinstance(s, model.Retry)]
+        if acks:
+            settled += _apply_acks(txn, acks)
+        elif retries:
+            settled += _apply_retries(txn, retries)
+        else:
+            settled += [_apply_dead_letter(txn, s) for s in run if isinstance(s, model.DeadLetter)]
+    return tuple(settled)
+
+
+def _apply_acks(txn: _Txn, acks: Sequence[model.Ack]) -> list[bool]:
+    by_queue: dict[str, list[str]] = {}
+    for a in acks:
+        by_queue.setdefault(a.queue, []).append(a.message_id)
+    deleted: set[tuple[str, str]] = set()
+    for queue, ids in by_queue.items():
+        listed = (queue, json.dumps(ids))
+        found = json.loads(txn.conn.execute(SQL_MESSAGE_ACK_FOUND, listed).fetchone()[0])
+        if found:
+            txn.conn.execute(SQL_MESSAGE_ACK_MANY, listed)
+            deleted.update((queue, mid) for mid in found)
+    return [_take(deleted, (a.queue, a.message_id)) for a in acks]
+
+
+def _apply_retries(txn: _Txn, retries: Sequence[model.Retry]) -> list[bool]:
     conn, now = txn.conn, txn.now
-    if isinstance(s, model.Ack):
-        return conn.execute(SQL_MESSAGE_ACK, (s.message_id, s.queue)).rowcount > 0
-    if isinstance(s, model.Retry):
-        delay_row = (now + s.delay_ms, s.message_id, s.lease, s.queue)
-        done = conn.execute(SQL_MESSAGE_RETRY, delay_row).rowcount
-        if done:
-            conn.execute(SQL_QUEUE_RETRIED, (s.queue,))
-        return done > 0
+    if len({r.message_id for r in retries}) < len(retries):
+        # The same message twice: the first retry decides (and its delay wins),
+        # which only applying them in order gets right.
+        return [settled for r in retries for settled in _apply_retries(txn, (r,))]
+    groups: dict[tuple[str, str, int], list[str]] = {}
+    for r in retries:
+        groups.setdefault((r.queue, r.lease, r.delay_ms), []).append(r.message_id)
+    released: set[tuple[str, str]] = set()
+    counts: dict[str, int] = {}
+    for (queue, lease, delay), ids in groups.items():
+        listed = (queue, lease, json.dumps(ids))
+        found = json.loads(conn.execute(SQL_MESSAGE_RETRY_FOUND, listed).fetchone()[0])
+        if found:
+            conn.execute(SQL_MESSAGE_RETRY_MANY, (now + delay, *listed))
+            released.update((queue, mid) for mid in found)
+            counts[queue] = counts.get(queue, 0) + len(found)
+    for queue, count in counts.items():
+        conn.execute(SQL_QUEUE_RETRIED, (count, queue))
+    return [(r.queue, r.message_id) in released for r in retries]
+
+
+def _take(found: set[tuple[str, str]], key: tuple[str, str]) -> bool:
+    if key in found:
+        found.discard(key)
+        return True
+    return False
+
+
+def _apply_dead_letter(txn: _Txn, s: model.DeadLetter) -> bool:
+    conn, now = txn.conn, txn.now
     if s.to_queue is None:
         done = conn.execute(SQL_MESSAGE_DROP, (s.message_id, s.lease, s.queue)).rowcount
     else:
