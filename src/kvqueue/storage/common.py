@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kvqueue import errors, model
 from kvqueue.clock import Clock
@@ -17,6 +17,7 @@ from kvqueue.keys import successor
 from kvqueue.waiting import first_of
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 # How long a watch waits for a wake-up before reading its keys again anyway.
 _WATCH_RECHECK_MS = 5_000
@@ -216,3 +217,56 @@ def queue_record(row: Sequence[Any]) -> model.QueueRecord:
         model.QueueSettings(delay, retention, bool(paused), backlog, backlog_bytes),
         None if row[9] is None else bytes(row[9]),
     )
+
+
+class SharedRead(Generic[K, T]):
+    """A read that concurrent callers share, each still seeing everything committed
+    before it asked.
+
+    A caller never joins a query already running (it may have started before
+    the caller's own commit): it joins the next one, which starts once the
+    running one is done, and which everyone arriving meanwhile joins too.
+    """
+
+    def __init__(self, read: Callable[[K], Awaitable[T]]) -> None:
+        self._read = read
+        self._next: dict[K, asyncio.Future[T]] = {}
+        self._running: dict[K, asyncio.Task[None]] = {}
+        #: The queries under way, so that closing can wait for them.
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, key: K) -> T:
+        joined = self._next.get(key)
+        if joined is None:
+            joined = asyncio.get_running_loop().create_future()
+            # Every caller may have gone (cancelled) by the time it fails.
+            joined.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._next[key] = joined
+            task = asyncio.create_task(self._query(key, joined))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        # One caller giving up must not cancel the query for the others.
+        return await asyncio.shield(joined)
+
+    async def _query(self, key: K, joined: asyncio.Future[T]) -> None:
+        try:
+            running = self._running.get(key)
+            if running is not None:
+                await asyncio.wait([running])
+            # From now on, newcomers wait for the next query.
+            del self._next[key]
+            task = asyncio.current_task()
+            assert task is not None
+            self._running[key] = task
+            try:
+                joined.set_result(await self._read(key))
+            except Exception as exc:
+                joined.set_exception(exc)
+            finally:
+                if self._running.get(key) is task:
+                    del self._running[key]
+        finally:
+            if not joined.done():
+                joined.cancel()
+            if self._next.get(key) is joined:
+                del self._next[key]

@@ -41,7 +41,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -54,6 +54,7 @@ from kvqueue.model import ValueEncoding
 from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
+    SharedRead,
     Signal,
     Waits,
     check_schema_version,
@@ -301,7 +302,7 @@ class PostgresStorage(Waits):
         self._origin = secrets.token_hex(8)
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stats = _Shared(self._read_stats)
+        self._stats = SharedRead(self._read_stats)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None) -> PostgresStorage:
@@ -782,8 +783,9 @@ class PostgresStorage(Waits):
     async def stats(self, queue: str) -> model.QueueStats:
         """See :meth:`kvqueue.storage.base.Storage.stats`.
 
-        Concurrent callers share queries (see :class:`_Shared`): many producers
-        sending at once each want their queue's metrics after their send.
+        Concurrent callers share queries (see
+        :class:`~kvqueue.storage.common.SharedRead`): many producers sending at once
+        each want their queue's metrics after their send.
         """
         return await self._stats(queue)
 
@@ -863,59 +865,6 @@ class PostgresStorage(Waits):
         await asyncio.gather(*self._stats.tasks, return_exceptions=True)
         await self._pool.close()
         self._signal.fire()
-
-
-class _Shared(Generic[K, T]):
-    """A read that concurrent callers share, each still seeing everything committed
-    before it asked.
-
-    A caller never joins a query already running (it may have started before
-    the caller's own commit): it joins the next one, which starts once the
-    running one is done, and which everyone arriving meanwhile joins too.
-    """
-
-    def __init__(self, read: Callable[[K], Awaitable[T]]) -> None:
-        self._read = read
-        self._next: dict[K, asyncio.Future[T]] = {}
-        self._running: dict[K, asyncio.Task[None]] = {}
-        #: The queries under way, so that closing can wait for them.
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, key: K) -> T:
-        joined = self._next.get(key)
-        if joined is None:
-            joined = asyncio.get_running_loop().create_future()
-            # Every caller may have gone (cancelled) by the time it fails.
-            joined.add_done_callback(lambda done: done.cancelled() or done.exception())
-            self._next[key] = joined
-            task = asyncio.create_task(self._query(key, joined))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        # One caller giving up must not cancel the query for the others.
-        return await asyncio.shield(joined)
-
-    async def _query(self, key: K, joined: asyncio.Future[T]) -> None:
-        try:
-            running = self._running.get(key)
-            if running is not None:
-                await asyncio.wait([running])
-            # From now on, newcomers wait for the next query.
-            del self._next[key]
-            task = asyncio.current_task()
-            assert task is not None
-            self._running[key] = task
-            try:
-                joined.set_result(await self._read(key))
-            except Exception as exc:
-                joined.set_exception(exc)
-            finally:
-                if self._running.get(key) is task:
-                    del self._running[key]
-        finally:
-            if not joined.done():
-                joined.cancel()
-            if self._next.get(key) is joined:
-                del self._next[key]
 
 
 # Pipeline mode needs libpq 14 or later (psycopg's binary package bundles one).

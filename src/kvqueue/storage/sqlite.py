@@ -41,6 +41,7 @@ from kvqueue.model import MutationKind, ValueEncoding
 from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
+    SharedRead,
     Signal,
     Waits,
     backlog_bounds,
@@ -398,6 +399,7 @@ class SqliteStorage(Waits):
         self._durable = durable
         self._closed = False
         self._signal = Signal()
+        self._stats = SharedRead(self._read_stats)
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._reader_lock = threading.Lock()
@@ -548,8 +550,14 @@ class SqliteStorage(Waits):
         return await self._read(run)
 
     async def stats(self, queue: str) -> model.QueueStats:
-        """See :meth:`kvqueue.storage.base.Storage.stats`."""
+        """See :meth:`kvqueue.storage.base.Storage.stats`.
 
+        Concurrent callers share reads (see :class:`~kvqueue.storage.common.SharedRead`):
+        many producers sending at once each want their queue's metrics after their send.
+        """
+        return await self._stats(queue)
+
+    async def _read_stats(self, queue: str) -> model.QueueStats:
         def run(conn: sqlite3.Connection, now: int) -> model.QueueStats:
             counters = conn.execute(SQL_QUEUE_COUNTERS, (queue,)).fetchone()
             if counters is None:
@@ -612,6 +620,7 @@ class SqliteStorage(Waits):
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*self._stats.tasks, return_exceptions=True)
         if self._watch is not None:
             self._watch.close()
         if self._writer is not None:
