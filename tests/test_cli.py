@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 import kvqueue
+from kvqueue import cli
 from tests.served import Served, start_server
 
 KVQUEUE = str(Path(sys.executable).parent / "kvqueue")
@@ -337,38 +339,17 @@ def test_tokens_create_list_revoke(db_url: str) -> None:
     assert "no token with id" in fails(db_url, "tokens", "revoke", created["id"])
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "queues list",
-        "queues info",
-        "queues create",
-        "queues update",
-        "queues delete",
-        "queues pause-delivery",
-        "queues resume-delivery",
-        "queues purge",
-        "queues export",
-        "queues import",
-        "queues consumer add",
-        "queues consumer remove",
-        "queues consumer list",
-        "queues consumer http add",
-        "queues consumer http remove",
-        "send",
-        "pull",
-        "kv get",
-        "kv set",
-        "kv list",
-        "kv delete",
-        "tokens create",
-        "tokens list",
-        "tokens revoke",
-        "worker",
-        "serve",
-        "migrate",
-    ],
-)
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+    """Every runnable command of the parser, e.g. "queues consumer http add"."""
+    found: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _leaf_commands(sub, f"{prefix}{name} ")
+    return found or [prefix.strip()]
+
+
+@pytest.mark.parametrize("command", _leaf_commands(cli.parser()))
 def test_every_command_has_help_with_an_example(command: str) -> None:
     """`kvqueue COMMAND --help` exits 0 and ends with an example of that command."""
     result = subprocess.run(
