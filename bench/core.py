@@ -94,9 +94,10 @@ class Context:
         return str(self.tmp / f"{self._files:03d}-{name}")
 
     def postgres(self) -> Any:
-        """The run's PostgreSQL cluster (bench.pg.Cluster), started when first asked for."""
+        """The run's PostgreSQL cluster, started when first asked for: the private,
+        durable cluster the test suite uses (``tests/postgres.py``)."""
         if self._pg is None:
-            from bench.pg import Cluster
+            from tests.postgres import Cluster
 
             cluster = Cluster()
             cluster.start()
@@ -104,7 +105,13 @@ class Context:
         return self._pg
 
     def pg_version(self) -> str | None:
-        return self._pg.version() if self._pg is not None else None
+        if self._pg is None:
+            return None
+        import psycopg
+
+        with psycopg.connect(self._pg.admin_url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
 
     def earlier(self, scenario: str, name_start: str) -> float | None:
         """The value of an earlier row of this run, if that scenario ran."""

@@ -579,11 +579,37 @@ def deploy(db: Database, config: Config, *, dry_run: bool = False) -> list[Chang
 # --- the Worker ---------------------------------------------------------------------
 
 
+def import_object(spec: str, directories: Iterable[str]) -> Any:
+    """What ``module:attribute`` (the attribute may be dotted) names, importing the
+    module with ``directories`` searched first, as ``python -m`` searches the
+    current one.
+
+    Raises:
+        LookupError: the module cannot be imported or has no such attribute; the
+            message says which.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise LookupError(f"expected MODULE:NAME, got {spec!r}")
+    for directory in directories:
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"cannot import {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise LookupError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    return target
+
+
 def load_handler(config: Config, declaration: ConsumerDeclaration) -> Callable[..., Any]:
     """Import the handler a worker consumer names (``module:function``), looking in
     the current directory and the file's directory first, as ``python -m`` would."""
     assert declaration.handler is not None
-    module_name, _, attribute = declaration.handler.partition(":")
 
     def fail(problem: str) -> errors.InvalidConfig:
         return errors.InvalidConfig(
@@ -593,19 +619,14 @@ def load_handler(config: Config, declaration: ConsumerDeclaration) -> Callable[.
             f'handler "{declaration.handler}": {problem}',
         )
 
-    for directory in (str(config.path.parent.resolve()), str(Path.cwd())):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise fail(f"cannot import {module_name!r}: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise fail(f"module {module_name!r} has no attribute {attribute!r}") from None
+        target = import_object(
+            declaration.handler, (str(config.path.parent.resolve()), str(Path.cwd()))
+        )
+    except LookupError as exc:
+        raise fail(str(exc)) from exc.__cause__
     if not callable(target):
+        attribute = declaration.handler.partition(":")[2]
         raise fail(f"{attribute} is a {type(target).__name__}, not a function")
     handler: Callable[..., Any] = target
     return handler

@@ -7,11 +7,14 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvqueue import limits
 from kvqueue.messages import MessageSendRequest, content_type_of, encode_body
-from kvqueue.sync import Database
+from kvqueue.sync import Database, Queue
+
+if TYPE_CHECKING:
+    from kvqueue.cli.output import Output
 
 DEFAULT_DB = "kvqueue.sqlite"
 
@@ -82,6 +85,24 @@ def batches(messages: Iterator[MessageSendRequest]) -> Iterator[list[MessageSend
         size += len(body)
     if batch:
         yield batch
+
+
+def send_all(
+    queue: Queue,
+    messages: Iterator[MessageSendRequest],
+    *,
+    total: int | None,
+    label: str,
+    out: Output,
+    delay_seconds: float | None,
+) -> list[str]:
+    """Send ``messages`` in :func:`batches`, advancing a progress bar; their ids."""
+    ids: list[str] = []
+    with out.progress(label, total) as advance:
+        for batch in batches(messages):
+            ids += queue.send_batch(batch, delay_seconds=delay_seconds).message_ids
+            advance(len(batch))
+    return ids
 
 
 def read_lines(path: str) -> Iterator[str]:

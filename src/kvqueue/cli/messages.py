@@ -9,12 +9,12 @@ from kvqueue import errors
 from kvqueue.cli.common import (
     add_db,
     add_json,
-    batches,
     command,
     count_lines,
     open_database,
     parse_value,
     read_lines,
+    send_all,
 )
 from kvqueue.cli.output import Output
 from kvqueue.messages import MessageSendRequest
@@ -44,13 +44,14 @@ def _send(args: argparse.Namespace, out: Output) -> int:
             )
             ids: list[str] = list(result.message_ids)
         else:
-            ids = []
-            messages = (_message(line, args.content_type) for line in read_lines(args.file))
-            with out.progress(f"sending to {args.queue}", count_lines(args.file)) as advance:
-                for batch in batches(messages):
-                    result = queue.send_batch(batch, delay_seconds=args.delay_secs)
-                    ids += result.message_ids
-                    advance(len(batch))
+            ids = send_all(
+                queue,
+                (_message(line, args.content_type) for line in read_lines(args.file)),
+                total=count_lines(args.file),
+                label=f"sending to {args.queue}",
+                out=out,
+                delay_seconds=args.delay_secs,
+            )
     if out.as_json:
         out.json({"queue": args.queue, "message_ids": ids})
     else:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
-import sys
 from typing import Any
 
 from kvqueue import config, errors, limits
@@ -26,20 +24,10 @@ def _load_worker(spec: str) -> Worker:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise SystemExit(f"kvqueue worker: expected MODULE:WORKER, got {spec!r}")
-    # Like `python -m`, look in the current directory first.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"kvqueue worker: cannot import {module_name!r}: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise SystemExit(
-                f"kvqueue worker: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
+        target = config.import_object(spec, [os.getcwd()])
+    except LookupError as exc:
+        raise SystemExit(f"kvqueue worker: {exc}") from exc.__cause__
     if not isinstance(target, Worker):
         raise SystemExit(
             f"kvqueue worker: {spec} is a {type(target).__name__}, not a kvqueue.Worker"

@@ -19,11 +19,11 @@ from kvqueue import errors
 from kvqueue.cli.common import (
     add_db,
     add_json,
-    batches,
     command,
     count_lines,
     open_database,
     read_lines,
+    send_all,
 )
 from kvqueue.cli.output import Output
 from kvqueue.messages import MessageSendRequest, content_type_of, encode_body
@@ -218,17 +218,17 @@ def _imported(line: str, number: int) -> MessageSendRequest:
 
 
 def _import(args: argparse.Namespace, out: Output) -> int:
-    ids: list[str] = []
     with open_database(args) as db:
-        queue = db.queue(args.name)
         db.queues.get(args.name)  # a missing queue fails before any line is read
         numbered = enumerate(read_lines(args.file), start=1)
-        messages = (_imported(line, number) for number, line in numbered)
-        with out.progress(f"importing into {args.name}", count_lines(args.file)) as advance:
-            for batch in batches(messages):
-                result = queue.send_batch(batch, delay_seconds=args.delay_secs)
-                ids += result.message_ids
-                advance(len(batch))
+        ids = send_all(
+            db.queue(args.name),
+            (_imported(line, number) for number, line in numbered),
+            total=count_lines(args.file),
+            label=f"importing into {args.name}",
+            out=out,
+            delay_seconds=args.delay_secs,
+        )
     if out.as_json:
         out.json({"queue": args.name, "count": len(ids), "message_ids": ids})
     else:
