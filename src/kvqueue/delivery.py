@@ -32,7 +32,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kvqueue import errors, model
 from kvqueue.clock import Clock
@@ -68,10 +68,10 @@ class Policy(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What a consumer decided for one message: ack, or retry after ``delay_ms``
-    (None: the policy's delay)."""
+    (None: the policy's delay). A named tuple: one is made per message delivered,
+    and a tuple is made three times faster than a frozen dataclass."""
 
     message: model.LeasedMessage
     retry: bool = False
@@ -198,30 +198,34 @@ class StorageSource:
 
     async def settle(self, decisions: Sequence[Decision]) -> None:
         """See :meth:`Source.settle`: writes that need no lease check share one commit."""
-        together: list[tuple[Decision, model.AtomicWrite, str]] = []
+        together: list[tuple[Decision, str]] = []
+        acks: list[model.Settlement] = []
+        retries: list[model.AtomicWrite] = []
         for decision in decisions:
             message = decision.message
-            if decision.retry:
-                write, outcome = self._policy.retry(message, decision.delay_ms)
-            else:
-                write, outcome = (
-                    model.AtomicWrite(settlements=(model.Ack(message.queue, message.message_id),)),
-                    "acked",
-                )
+            if not decision.retry:
+                acks.append(model.Ack(message.queue, message.message_id))
+                together.append((decision, "acked"))
+                continue
+            write, outcome = self._policy.retry(message, decision.delay_ms)
             if write.lease_checks or write.checks:
                 await self._commit_alone(message, write, outcome)
             else:
-                together.append((decision, write, outcome))
+                retries.append(write)
+                together.append((decision, outcome))
         if not together:
             return
+        # Settlements of different messages do not depend on their order.
+        write = model.AtomicWrite(settlements=tuple(acks))
         try:
-            await self._storage.commit(model.merge([w for _, w, _ in together]))
+            await self._storage.commit(model.merge([write, *retries]) if retries else write)
         except errors.KvQueueError:
             # The leases will run out and the messages will be delivered again.
             logger.exception("could not settle %d messages of %r", len(together), self._queue)
             return
-        for decision, _, outcome in together:
-            logger.debug("message %s %s", decision.message.message_id, outcome)
+        if logger.isEnabledFor(logging.DEBUG):
+            for decision, outcome in together:
+                logger.debug("message %s %s", decision.message.message_id, outcome)
 
     async def _commit_alone(
         self, message: model.LeasedMessage, write: model.AtomicWrite, outcome: str
@@ -280,7 +284,8 @@ class Engine:
         # Keyed by message and lease: a message may be leased again (after a
         # retry) before the settlement of its previous lease has come back.
         self._held: dict[_Key, model.LeasedMessage] = {}
-        self._settled: dict[_Key, asyncio.Future[None]] = {}
+        # Each message not yet settled, to the batch it belongs to.
+        self._unsettled: dict[_Key, _Outstanding] = {}
         self._batches: set[asyncio.Task[None]] = set()
         self._pending: list[Decision] = []
         # Messages decided and not yet settled: a later decision for one is ignored.
@@ -414,12 +419,13 @@ class Engine:
     # --- delivering -----------------------------------------------------------
 
     def _dispatch(self, batch: list[model.LeasedMessage]) -> None:
+        outstanding = _Outstanding(len(batch), self._loop.create_future())
         for message in batch:
-            self._settled[_key(message)] = self._loop.create_future()
-        task = asyncio.create_task(self._run_batch(batch))
+            self._unsettled[_key(message)] = outstanding
+        task = asyncio.create_task(self._run_batch(batch, outstanding))
         self._batches.add(task)
 
-    async def _run_batch(self, batch: list[model.LeasedMessage]) -> None:
+    async def _run_batch(self, batch: list[model.LeasedMessage], outstanding: _Outstanding) -> None:
         try:
             try:
                 await self._deliver(batch, self.decide)
@@ -427,17 +433,17 @@ class Engine:
                 logger.exception("consumer of queue %r failed on a batch", self._queue)
             # A message the consumer left undecided is retried.
             for message in batch:
-                future = self._settled.get(_key(message))
-                if future is not None and not future.done() and not self._is_pending(message):
+                key = _key(message)
+                if key in self._unsettled and key not in self._pending_ids:
                     self._enqueue_decision(Decision(message, retry=True))
-            waiting = [self._settled[_key(m)] for m in batch if _key(m) in self._settled]
-            if waiting:
-                await asyncio.wait(waiting)
+            if outstanding.count:
+                await outstanding.done
         finally:
             for message in batch:
-                self._settled.pop(_key(message), None)
-                self._held.pop(_key(message), None)
-                self._pending_ids.discard(_key(message))
+                key = _key(message)
+                self._unsettled.pop(key, None)
+                self._held.pop(key, None)
+                self._pending_ids.discard(key)
             task = asyncio.current_task()
             if task is not None:
                 self._batches.discard(task)
@@ -454,11 +460,11 @@ class Engine:
             self._loop.call_soon_threadsafe(self._enqueue_decision, decision)
 
     def _enqueue_decision(self, decision: Decision) -> None:
-        future = self._settled.get(_key(decision.message))
-        if future is None or future.done() or self._is_pending(decision.message):
+        key = _key(decision.message)
+        if key not in self._unsettled or key in self._pending_ids:
             return
         self._pending.append(decision)
-        self._pending_ids.add(_key(decision.message))
+        self._pending_ids.add(key)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
 
@@ -478,11 +484,14 @@ class Engine:
             self._resolve(decision.message)
 
     def _resolve(self, message: model.LeasedMessage) -> None:
-        self._held.pop(_key(message), None)
-        self._pending_ids.discard(_key(message))
-        future = self._settled.get(_key(message))
-        if future is not None and not future.done():
-            future.set_result(None)
+        key = _key(message)
+        self._held.pop(key, None)
+        self._pending_ids.discard(key)
+        outstanding = self._unsettled.pop(key, None)
+        if outstanding is not None:
+            outstanding.count -= 1
+            if outstanding.count == 0 and not outstanding.done.done():
+                outstanding.done.set_result(None)
 
     # --- leases -----------------------------------------------------------------
 
@@ -509,6 +518,14 @@ class Engine:
 
 
 _Key = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    """A batch's messages not yet settled: one future for the batch, not one each."""
+
+    count: int
+    done: asyncio.Future[None]
 
 
 def _key(message: model.LeasedMessage) -> _Key:

@@ -150,7 +150,8 @@ class _RandomHex:
     def take(self, chars: int) -> str:
         with self._lock:
             if self._at + chars > len(self._hex):
-                self._hex, self._at = os.urandom(self._FETCH).hex(), 0
+                fetch = max(self._FETCH, chars)
+                self._hex, self._at = os.urandom(fetch).hex(), 0
             start = self._at
             self._at += chars
             return self._hex[start : self._at]
@@ -168,24 +169,37 @@ def new_message_id() -> str:
     on a random page of an ever larger index, and inserts and acks slow down as
     the table grows. Nothing orders messages by id; arrival order is kept apart.
     """
-    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{_random_hex.take(20)}"
+    return new_message_ids(1)[0]
+
+
+def new_message_ids(count: int) -> list[str]:
+    """``count`` ids of :func:`new_message_id`, with one clock read and one lock."""
+    stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+    random = _random_hex.take(20 * count)
+    return [stamp + random[at : at + 20] for at in range(0, 20 * count, 20)]
 
 
 def build_send(
     queue: str, body: Any, content_type: ContentType | str, delay_seconds: float | None
 ) -> model.Enqueue:
     """A checked message for ``queue``; a delay of None means the queue's own delay."""
+    return _checked(queue, new_message_id(), body, content_type, delay_seconds)
+
+
+def _checked(
+    queue: str,
+    message_id: str,
+    body: Any,
+    content_type: ContentType | str,
+    delay_seconds: float | None,
+    default_delay: int | None = None,
+) -> model.Enqueue:
     kind = content_type_of(content_type)
     data = encode_body(body, kind)
     if len(data) > limits.MAX_MESSAGE_BYTES:
         raise errors.MessageTooLarge("MAX_MESSAGE_BYTES", limits.MAX_MESSAGE_BYTES, len(data))
-    return model.Enqueue(
-        queue=queue,
-        message_id=new_message_id(),
-        body=data,
-        content_type=kind,
-        delay_ms=delay_ms(delay_seconds),
-    )
+    delay = delay_ms(delay_seconds)
+    return model.Enqueue(queue, message_id, data, kind, default_delay if delay is None else delay)
 
 
 def raw_send(queue: str, data: bytes, content_type: str, delay: int | None) -> model.Enqueue:
@@ -220,13 +234,13 @@ def build_batch(
         raise errors.TooManyMessages("MAX_BATCH_MESSAGES", limits.MAX_BATCH_MESSAGES, len(items))
     built: list[model.Enqueue] = []
     size = 0
-    for item in items:
-        request = item if isinstance(item, MessageSendRequest) else MessageSendRequest(item)
-        message = build_send(queue, request.body, request.content_type, request.delay_seconds)
-        if message.delay_ms is None and batch_delay is not None:
-            message = model.Enqueue(
-                message.queue, message.message_id, message.body, message.content_type, batch_delay
+    for item, message_id in zip(items, new_message_ids(len(items)), strict=True):
+        if isinstance(item, MessageSendRequest):
+            message = _checked(
+                queue, message_id, item.body, item.content_type, item.delay_seconds, batch_delay
             )
+        else:
+            message = _checked(queue, message_id, item, "json", None, batch_delay)
         built.append(message)
         size += len(message.body)
     if size > limits.MAX_BATCH_BYTES:
