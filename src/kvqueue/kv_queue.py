@@ -60,6 +60,8 @@ class KvPolicy:
 
     def exhausted(self, message: model.LeasedMessage) -> model.AtomicWrite | None:
         """See :meth:`kvqueue.delivery.Policy.exhausted`."""
+        if message.attempts == 1:
+            return None  # a first delivery has every try left
         backoff, undelivered = decode_attributes(message.attributes)
         if message.attempts > len(backoff) + 1:
             return dead_letter(message, undelivered)

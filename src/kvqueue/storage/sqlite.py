@@ -94,8 +94,9 @@ INSERT INTO messages (queue, id, body, content_type, enqueued_at, visible_at, at
 VALUES
 """
 # Messages are inserted by a multi-row VALUES of one of these sizes: a few fixed
-# statements (they stay in the statement cache) cover any number of messages.
-_INSERT_CHUNKS = (128, 64, 32, 16, 8, 4, 2, 1)
+# statements (they stay in the statement cache) cover any number of messages, and
+# a full send_batch (100) is one statement.
+_INSERT_CHUNKS = (128, 100, 64, 32, 16, 8, 4, 2, 1)
 SQL_QUEUE_BACKLOG = "SELECT count, bytes FROM queue_backlog WHERE queue = ?"
 SQL_LEASES_HELD = """
 SELECT count(DISTINCT lease) FROM messages
