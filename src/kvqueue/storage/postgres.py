@@ -129,11 +129,16 @@ ORDER BY key DESC LIMIT %s
 SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND expires_at <= %s"
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
 SQL_LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# A lease need not wait for its WAL flush. Lost in a server crash, it only means
+# the message is delivered again (what a crash of the consumer means too), and
+# any later durable commit, such as the ack, flushes it first: the WAL is one log.
+SQL_LEASE_NO_FLUSH = "SET LOCAL synchronous_commit = off"
 SQL_MESSAGE_LEASE = """
-UPDATE kvqueue_messages AS m SET attempts = m.attempts + 1, lease = %s, visible_at = %s
+UPDATE kvqueue_messages AS m SET attempts = m.attempts + 1, lease = %(lease)s,
+  visible_at = %(until)s
 FROM (
-  SELECT seq FROM kvqueue_messages WHERE queue = %s AND visible_at <= %s
-  ORDER BY visible_at, seq LIMIT %s FOR UPDATE SKIP LOCKED
+  SELECT seq FROM kvqueue_messages WHERE queue = %(queue)s AND visible_at <= %(now)s
+  ORDER BY visible_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ) AS taken
 WHERE m.seq = taken.seq
 RETURNING m.seq, m.id, m.body, m.content_type, m.enqueued_at, m.attempts, m.attributes
@@ -717,11 +722,7 @@ class PostgresStorage(Waits):
 
         async def run(conn: Connection) -> list[Any]:
             now = self.clock.now_ms()
-            if max_leases is None:
-                params = (lease, now + lease_ms, queue, now, limit)
-                cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
-                return await cursor.fetchall()
-            bounded = {
+            params: dict[str, Any] = {
                 "lease": lease,
                 "until": now + lease_ms,
                 "queue": queue,
@@ -732,10 +733,14 @@ class PostgresStorage(Waits):
             try:
                 async with conn.pipeline() if _PIPELINES else contextlib.nullcontext():
                     await conn.execute("BEGIN")
-                    # Counting leases and taking one must not interleave with
-                    # another process doing the same, or both would see room.
-                    await conn.execute(SQL_LEASE_LOCK, (f"{self._channel}:{queue}",))
-                    cursor = await conn.execute(SQL_MESSAGE_LEASE_BOUNDED, bounded, binary=True)
+                    await conn.execute(SQL_LEASE_NO_FLUSH)
+                    if max_leases is None:
+                        cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
+                    else:
+                        # Counting leases and taking one must not interleave with
+                        # another process doing the same, or both would see room.
+                        await conn.execute(SQL_LEASE_LOCK, (f"{self._channel}:{queue}",))
+                        cursor = await conn.execute(SQL_MESSAGE_LEASE_BOUNDED, params, binary=True)
                     await conn.execute("COMMIT")
             except psycopg.Error:
                 if not conn.broken:
