@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import kvqueue
-from kvqueue import errors, model
+from kvqueue import errors
 from kvqueue.clock import SystemClock
 from kvqueue.storage.common import migration_scripts
 from kvqueue.storage.postgres import ServerClock
@@ -122,33 +122,6 @@ async def test_consumers_on_separate_connections_never_share_a_message(pg_url: s
     everything = [body for bodies in taken for body in bodies]
     assert sorted(everything) == list(range(600)), "a message was handed out twice or never"
     assert sum(1 for bodies in taken if bodies) >= 2, "the pulls did not actually overlap"
-
-
-async def test_a_duplicate_message_id_among_batched_sends_fails_only_its_own_write(
-    pg_url: str,
-) -> None:
-    """Concurrent sends share one INSERT; when PostgreSQL refuses it (one reuses a stored
-    message id, which no public call can choose), each is applied on its own: only that one
-    fails, with StorageError, and the others land."""
-    db = await kvqueue.open_async(pg_url)
-    try:
-        await db.queues.create("jobs")
-
-        def send(message_id: str) -> model.AtomicWrite:
-            enqueue = model.Enqueue("jobs", message_id, b"{}", "json", delay_ms=0)
-            return model.AtomicWrite(enqueues=(enqueue,))
-
-        await db.storage.commit(send("taken"))
-        results = await asyncio.gather(
-            *(db.storage.commit(send(i)) for i in ("a", "taken", "b")), return_exceptions=True
-        )
-        assert isinstance(results[0], model.Committed)
-        assert isinstance(results[1], errors.StorageError)
-        assert isinstance(results[2], model.Committed)
-        stored = {m.message_id for m in await db.storage.peek("jobs", limit=10)}
-        assert stored == {"taken", "a", "b"}
-    finally:
-        await db.close()
 
 
 async def test_the_storage_clock_is_the_database_servers(pg_url: str) -> None:

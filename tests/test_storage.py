@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 import kvqueue
+from kvqueue import errors, model
 
 
 async def test_concurrent_sends_past_a_backlog_limit_are_refused_one_by_one(
@@ -67,3 +68,30 @@ async def test_versionstamps_rise_in_commit_order(adb: kvqueue.AsyncDatabase, co
     later = await adb.set(("later",), 0)
     assert len({s.versionstamp for s in stamps}) == count
     assert all(later.versionstamp > s.versionstamp for s in stamps)
+
+
+async def test_a_duplicate_message_id_among_batched_sends_fails_only_its_own_write(
+    shared_url: str,
+) -> None:
+    """Concurrent sends share one INSERT; when the store refuses it (one reuses a stored
+    message id, which no public call can choose), each is applied on its own: only that one
+    fails, with StorageError, and the others land."""
+    db = await kvqueue.open_async(shared_url)
+    try:
+        await db.queues.create("jobs")
+
+        def send(message_id: str) -> model.AtomicWrite:
+            enqueue = model.Enqueue("jobs", message_id, b"{}", "json", delay_ms=0)
+            return model.AtomicWrite(enqueues=(enqueue,))
+
+        await db.storage.commit(send("taken"))
+        results = await asyncio.gather(
+            *(db.storage.commit(send(i)) for i in ("a", "taken", "b")), return_exceptions=True
+        )
+        assert isinstance(results[0], model.Committed)
+        assert isinstance(results[1], errors.StorageError)
+        assert isinstance(results[2], model.Committed)
+        stored = {m.message_id for m in await db.storage.peek("jobs", limit=10)}
+        assert stored == {"taken", "a", "b"}
+    finally:
+        await db.close()

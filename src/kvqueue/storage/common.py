@@ -168,6 +168,75 @@ def backlog_refusal(
     return None
 
 
+def is_plain_send(write: model.AtomicWrite) -> bool:
+    """Only enqueues: a run of such writes can share one INSERT."""
+    return bool(write.enqueues) and not (
+        write.checks
+        or write.lease_checks
+        or write.queue_changes
+        or write.mutations
+        or write.settlements
+    )
+
+
+def plan_enqueues(
+    writes: Sequence[model.AtomicWrite], found: Sequence[tuple[Any, ...]], now: int
+) -> tuple[list[Exception | None], list[tuple[Any, ...]]]:
+    """Which of many enqueue-only writes are refused, and the message rows
+    ``(queue, id, body, content_type, visible_at, attributes)`` of the others.
+
+    ``found`` holds a row ``(name, delivery_delay, max_backlog, max_backlog_bytes,
+    backlog count, backlog bytes)`` per queue the writes enqueue to that exists.
+    Backlog limits are checked against running totals, so each write sees the
+    backlog the writes before it left, exactly as if committed one by one.
+    """
+    limits = {row[0]: row[1:4] for row in found}
+    every = [e for w in writes for e in w.enqueues]
+    # Only queues with a limit keep totals: _refusal checks no other.
+    totals: dict[str, list[int]] = {
+        row[0]: [row[4] or 0, row[5] or 0]
+        for row in found
+        if backlog_bounds(row[0], every, *row[2:4]) != (None, None)
+    }
+    refusals: list[Exception | None] = []
+    rows: list[tuple[Any, ...]] = []
+    for write in writes:
+        refusal = _refusal(write, limits, totals)
+        refusals.append(refusal)
+        if refusal is not None:
+            continue
+        for e in write.enqueues:
+            if e.queue in totals:
+                totals[e.queue][0] += 1
+                totals[e.queue][1] += len(e.body)
+            delay = limits[e.queue][0] if e.delay_ms is None else e.delay_ms
+            rows.append((e.queue, e.message_id, e.body, e.content_type, now + delay, e.attributes))
+    return refusals, rows
+
+
+def _refusal(
+    write: model.AtomicWrite,
+    limits: dict[str, tuple[Any, ...]],
+    totals: dict[str, list[int]],
+) -> Exception | None:
+    for e in write.enqueues:
+        if e.queue not in limits:
+            return errors.QueueNotFound(e.queue)
+    added: dict[str, list[int]] = {}
+    for e in write.enqueues:
+        count_size = added.setdefault(e.queue, [0, 0])
+        count_size[0] += 1
+        count_size[1] += len(e.body)
+    for name, (count, size) in added.items():
+        if name not in totals:
+            continue
+        bounds = backlog_bounds(name, write.enqueues, *limits[name][1:])
+        refusal = backlog_refusal(name, totals[name][0] + count, totals[name][1] + size, bounds)
+        if refusal is not None:
+            return refusal
+    return None
+
+
 def migration_scripts(package: str) -> list[str]:
     """The schema scripts of a backend, oldest first; script N makes schema version N."""
     return [

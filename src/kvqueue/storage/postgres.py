@@ -58,7 +58,9 @@ from kvqueue.storage.common import (
     Signal,
     Waits,
     check_schema_version,
+    is_plain_send,
     migration_scripts,
+    plan_enqueues,
     queue_record,
     versionstamp,
 )
@@ -70,9 +72,8 @@ from kvqueue.storage.postgres_writes import (
     apply_sends,
     apply_write,
     delete_acked,
+    insert_columns,
     is_plain_ack,
-    is_plain_send,
-    plan_enqueues,
     read_limits,
     scalar,
 )
@@ -574,10 +575,10 @@ class PostgresStorage(Waits):
                     writes = [w for _, _, w in batch[start:end] if w is not None]
                     # The one wait before COMMIT: what a send may be refused for.
                     found = await (await read_limits(conn, writes)).fetchall()
-                    refusals, insert = plan_enqueues(writes, found, now)
-                    if insert is not None:
-                        notify = (self._channel, self._origin)
-                        await conn.execute(SQL_MESSAGES_INSERT_NOTIFY, (*insert, *notify))
+                    refusals, rows = plan_enqueues(writes, found, now)
+                    if rows:
+                        insert = (*insert_columns(rows, now), self._channel, self._origin)
+                        await conn.execute(SQL_MESSAGES_INSERT_NOTIFY, insert)
                         notified = True
                     for (_, future, _), refusal in zip(batch[start:end], refusals, strict=True):
                         if refusal is None:

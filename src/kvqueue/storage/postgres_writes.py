@@ -22,8 +22,7 @@ from kvqueue import errors, model, values
 from kvqueue.model import MutationKind, ValueEncoding
 from kvqueue.storage.common import (
     CheckFailed,
-    backlog_bounds,
-    backlog_refusal,
+    plan_enqueues,
     settings_row,
     version_of,
     versionstamp,
@@ -173,17 +172,6 @@ async def apply_write(txn: Txn, write: model.AtomicWrite) -> model.Committed:
     return model.Committed(versionstamp(version), settled)
 
 
-def is_plain_send(write: model.AtomicWrite) -> bool:
-    """Only enqueues: such writes can share one INSERT (see :func:`apply_sends`)."""
-    return bool(write.enqueues) and not (
-        write.checks
-        or write.lease_checks
-        or write.queue_changes
-        or write.mutations
-        or write.settlements
-    )
-
-
 def is_plain_ack(write: model.AtomicWrite) -> bool:
     """Only acks: such a write needs nothing read before it applies."""
     return bool(write.settlements) and not (
@@ -217,10 +205,15 @@ async def apply_sends(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Any
 async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Exception | None]:
     """Insert the enqueues of each write that fits, in order; the others are refused."""
     found = await (await read_limits(txn.conn, writes)).fetchall()
-    refusals, insert = plan_enqueues(writes, found, txn.now)
-    if insert is not None:
-        await txn.conn.execute(SQL_MESSAGES_INSERT, insert)
+    refusals, rows = plan_enqueues(writes, found, txn.now)
+    if rows:
+        await txn.conn.execute(SQL_MESSAGES_INSERT, insert_columns(rows, txn.now))
     return refusals
+
+
+def insert_columns(rows: Sequence[tuple[Any, ...]], now: int) -> tuple[Any, ...]:
+    """SQL_MESSAGES_INSERT's parameters for :func:`plan_enqueues`' rows."""
+    return (now, *(list(column) for column in zip(*rows, strict=True)))
 
 
 async def read_limits(conn: Connection, writes: Sequence[model.AtomicWrite]) -> Cursor:
@@ -230,65 +223,6 @@ async def read_limits(conn: Connection, writes: Sequence[model.AtomicWrite]) -> 
     if len(names) == 1:
         return await conn.execute(SQL_QUEUE_LIMITS, (names[0],))
     return await conn.execute(SQL_QUEUES_LIMITS, (names,))
-
-
-def plan_enqueues(
-    writes: Sequence[model.AtomicWrite], found: Sequence[tuple[Any, ...]], now: int
-) -> tuple[list[Exception | None], tuple[Any, ...] | None]:
-    """Which writes are refused, and the parameters of SQL_MESSAGES_INSERT for the
-    others (None if nothing is left to insert); ``found`` is what
-    :func:`read_limits` read.
-
-    Backlog limits are checked against the running totals, so each write sees
-    the backlog the writes before it left, exactly as if committed one by one.
-    """
-    limits = {row[0]: row[1:4] for row in found}
-    every = [e for w in writes for e in w.enqueues]
-    # Only queues with a limit keep totals: _refusal checks no other.
-    totals: dict[str, list[int]] = {
-        row[0]: [row[4] or 0, row[5] or 0]
-        for row in found
-        if backlog_bounds(row[0], every, *row[2:4]) != (None, None)
-    }
-    refusals: list[Exception | None] = []
-    rows: list[tuple[Any, ...]] = []
-    for write in writes:
-        refusal = _refusal(write, limits, totals)
-        refusals.append(refusal)
-        if refusal is not None:
-            continue
-        for e in write.enqueues:
-            if e.queue in totals:
-                totals[e.queue][0] += 1
-                totals[e.queue][1] += len(e.body)
-            delay = limits[e.queue][0] if e.delay_ms is None else e.delay_ms
-            rows.append((e.queue, e.message_id, e.body, e.content_type, now + delay, e.attributes))
-    if not rows:
-        return refusals, None
-    return refusals, (now, *(list(column) for column in zip(*rows, strict=True)))
-
-
-def _refusal(
-    write: model.AtomicWrite,
-    limits: dict[str, tuple[Any, ...]],
-    totals: dict[str, list[int]],
-) -> Exception | None:
-    for e in write.enqueues:
-        if e.queue not in limits:
-            return errors.QueueNotFound(e.queue)
-    added: dict[str, list[int]] = {}
-    for e in write.enqueues:
-        count_size = added.setdefault(e.queue, [0, 0])
-        count_size[0] += 1
-        count_size[1] += len(e.body)
-    for name, (count, size) in added.items():
-        if name not in totals:
-            continue
-        bounds = backlog_bounds(name, write.enqueues, *limits[name][1:])
-        refusal = backlog_refusal(name, totals[name][0] + count, totals[name][1] + size, bounds)
-        if refusal is not None:
-            return refusal
-    return None
 
 
 async def _apply_settlements(txn: Txn, settlements: Sequence[model.Settlement]) -> tuple[bool, ...]:

@@ -47,7 +47,9 @@ from kvqueue.storage.common import (
     backlog_bounds,
     backlog_refusal,
     check_schema_version,
+    is_plain_send,
     migration_scripts,
+    plan_enqueues,
     queue_record,
     settings_row,
     version_of,
@@ -98,6 +100,11 @@ VALUES
 # a full send_batch (100) is one statement.
 _INSERT_CHUNKS = (128, 100, 64, 32, 16, 8, 4, 2, 1)
 SQL_QUEUE_BACKLOG = "SELECT count, bytes FROM queue_backlog WHERE queue = ?"
+SQL_QUEUES_LIMITS = """
+SELECT q.name, q.delivery_delay, q.max_backlog, q.max_backlog_bytes, b.count, b.bytes
+FROM queues AS q LEFT JOIN queue_backlog AS b ON b.queue = q.name
+WHERE q.name IN (SELECT value FROM json_each(?))
+"""
 SQL_LEASES_HELD = """
 SELECT count(DISTINCT lease) FROM messages
 WHERE queue = ? AND lease IS NOT NULL AND lease <> ? AND visible_at > ?
@@ -242,6 +249,10 @@ class _Txn:
 
 
 _Op = Callable[[_Txn], Any]
+# A caller's op, its future, and its write when that is a plain send (which can
+# share an INSERT with the plain sends beside it).
+_Request = tuple[_Op, asyncio.Future[Any], model.AtomicWrite | None]
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class _Writer:
@@ -252,15 +263,13 @@ class _Writer:
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
-        self._requests: queue_module.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = (
-            queue_module.SimpleQueue()
-        )
+        self._requests: queue_module.SimpleQueue[_Request | None] = queue_module.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="kvqueue-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: _Op) -> asyncio.Future[Any]:
+    def submit(self, op: _Op, send: model.AtomicWrite | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put((op, future))
+        self._requests.put((op, future, send))
         return future
 
     async def close(self) -> None:
@@ -291,37 +300,33 @@ class _Writer:
             changed = self._conn.total_changes != before
             self._loop.call_soon_threadsafe(self._settle, outcomes, changed)
 
-    def _apply(
-        self, batch: list[tuple[_Op, asyncio.Future[Any]]]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _apply(self, batch: list[_Request]) -> list[_Outcome]:
         conn = self._conn
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = errors.StorageError(f"could not start a write: {exc}")
             error.__cause__ = exc
-            return [(future, None, error) for _, future in batch]
+            return [(future, None, error) for _, future, _ in batch]
         try:
             start = conn.execute(SQL_META_VERSION).fetchone()[0]
             txn = _Txn(conn, self._clock.now_ms(), start)
             if len(batch) == 1:
-                return self._apply_alone(txn, start, *batch[0])
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(txn)
-                except CheckFailed:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, None))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, _translate(exc)))
+                op, future, _ = batch[0]
+                return self._apply_alone(txn, start, op, future)
+            at = 0
+            while at < len(batch):
+                end = at
+                while end < len(batch) and batch[end][2] is not None:
+                    end += 1
+                if end - at > 1:
+                    outcomes += _apply_sends(txn, batch[at:end])
+                    at = end
                 else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
+                    op, future, _ = batch[at]
+                    outcomes.append(_apply_one(txn, op, future))
+                    at += 1
             if txn.version != start:
                 conn.execute(SQL_META_SET_VERSION, (txn.version,))
             conn.execute("COMMIT")
@@ -330,12 +335,12 @@ class _Writer:
                 conn.execute("ROLLBACK")
             error = errors.StorageError(f"the write failed and was rolled back: {exc}")
             error.__cause__ = exc
-            return [(future, None, error) for _, future in batch]
+            return [(future, None, error) for _, future, _ in batch]
         return outcomes
 
     def _apply_alone(
         self, txn: _Txn, start: int, op: _Op, future: asyncio.Future[Any]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    ) -> list[_Outcome]:
         # One write in the transaction: its failure can undo the transaction, so it
         # needs no savepoint (two statements fewer, each a hand-over of the GIL).
         conn = txn.conn
@@ -353,11 +358,7 @@ class _Writer:
         conn.execute("COMMIT")
         return [(future, result, None)]
 
-    def _settle(
-        self,
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
-        changed: bool,
-    ) -> None:
+    def _settle(self, outcomes: list[_Outcome], changed: bool) -> None:
         for future, result, error in outcomes:
             if future.done():
                 continue
@@ -438,10 +439,10 @@ class SqliteStorage(Waits):
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _write(self, op: _Op) -> asyncio.Future[Any]:
+    def _write(self, op: _Op, send: model.AtomicWrite | None = None) -> asyncio.Future[Any]:
         if self._closed or self._writer is None:
             raise errors.DatabaseClosed()
-        return self._writer.submit(op)
+        return self._writer.submit(op, send)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -492,7 +493,10 @@ class SqliteStorage(Waits):
 
     async def commit(self, write: model.AtomicWrite) -> model.Committed | None:
         """See :meth:`kvqueue.storage.base.Storage.commit`."""
-        result: model.Committed | None = await self._write(lambda txn: _apply_write(txn, write))
+        send = write if is_plain_send(write) else None
+        result: model.Committed | None = await self._write(
+            lambda txn: _apply_write(txn, write), send
+        )
         return result
 
     async def lease(
@@ -634,6 +638,52 @@ class SqliteStorage(Waits):
         self._signal.fire()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _apply_one(txn: _Txn, op: _Op, future: asyncio.Future[Any]) -> _Outcome:
+    """One caller's write inside a group, in a savepoint of its own: its failure
+    leaves the others' writes in place."""
+    conn = txn.conn
+    conn.execute("SAVEPOINT op")
+    try:
+        result = op(txn)
+    except CheckFailed:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return future, None, None
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return future, None, _translate(exc)
+    conn.execute("RELEASE op")
+    return future, result, None
+
+
+def _apply_sends(txn: _Txn, run: list[_Request]) -> list[_Outcome]:
+    """Plain sends of many callers: one read of the queues' limits and one INSERT
+    for all, each write still refused on its own (QueueNotFound, QueueFull) as if
+    applied one after another. Should the INSERT fail, each is applied alone."""
+    conn, now = txn.conn, txn.now
+    writes = [write for _, _, write in run if write is not None]
+    names = json.dumps(list(dict.fromkeys(e.queue for w in writes for e in w.enqueues)))
+    conn.execute("SAVEPOINT sends")
+    try:
+        found = conn.execute(SQL_QUEUES_LIMITS, (names,)).fetchall()
+        refusals, rows = plan_enqueues(writes, found, now)
+        _insert_messages(conn, [(q, i, b, c, now, v, a) for q, i, b, c, v, a in rows])
+    except sqlite3.Error:
+        conn.execute("ROLLBACK TO sends")
+        conn.execute("RELEASE sends")
+        return [_apply_one(txn, op, future) for op, future, _ in run]
+    conn.execute("RELEASE sends")
+    outcomes: list[_Outcome] = []
+    for (_, future, _), refusal in zip(run, refusals, strict=True):
+        if refusal is not None:
+            outcomes.append((future, None, refusal))
+            continue
+        txn.version += 1
+        outcomes.append((future, model.Committed(versionstamp(txn.version), ()), None))
+    return outcomes
 
 
 def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
