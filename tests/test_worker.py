@@ -131,6 +131,10 @@ class PollCounter:
     def empty_leases(self) -> int:
         raise NotImplementedError
 
+    def lease_sizes(self) -> list[int]:
+        """How many messages each lease (or pull) so far gave."""
+        raise NotImplementedError
+
     @property
     def round_trips(self) -> int:
         raise NotImplementedError
@@ -182,6 +186,9 @@ class StoreSpy(PollCounter):
     def empty_leases(self) -> int:
         return sum(1 for n in self.leased if n == 0)
 
+    def lease_sizes(self) -> list[int]:
+        return list(self.leased)
+
     @property
     def round_trips(self) -> int:
         return len(self.leased) + self.record_reads
@@ -204,6 +211,9 @@ class RequestSpy(PollCounter):
     @property
     def empty_leases(self) -> int:
         return sum(1 for n in self._requests.pulled if n == 0)
+
+    def lease_sizes(self) -> list[int]:
+        return list(self._requests.pulled)
 
     @property
     def round_trips(self) -> int:
@@ -975,6 +985,33 @@ async def test_unset_max_concurrency_runs_several_batches_at_once_while_a_backlo
     assert most >= 2
     assert sorted(delivered) == sorted(ids)
     assert metrics.retried == 0
+
+
+async def test_a_deep_backlog_is_leased_a_few_batches_at_a_time(
+    adb: kvqueue.AsyncDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scaled up on a backlog of 3,000 messages, a worker taking batches of 100 takes at most
+    8 batches (800 messages) per lease, and through a server at most 100 per pull (the most
+    a pull may ask for): a lease of thousands would hold the store's writer, and memory, for
+    all of them."""
+    ids = await make_queue(adb, "q")
+    for start in range(0, 3_000, 100):
+        sent = await adb.queue("q").send_batch(list(range(start, start + 100)))
+        ids += sent.message_ids
+    spy = poll_counter(monkeypatch, adb)
+    delivered: list[str] = []
+    worker = kvqueue.Worker(adb, name="w")
+
+    @worker.consumer("q", max_batch_size=100, max_batch_timeout=0)
+    async def handle(batch: kvqueue.MessageBatch) -> None:
+        delivered.extend(m.id for m in batch.messages)
+
+    async with serving(worker):
+        await wait_until(lambda: len(delivered) >= 3_000)
+        await settled(adb, "q")
+    assert sorted(delivered) == sorted(ids)
+    most = 100 if adb.server is not None else 800
+    assert max(spy.lease_sizes()) <= most, spy.lease_sizes()
 
 
 async def test_a_worker_waiting_for_a_concurrency_slot_does_not_busy_poll_the_store(

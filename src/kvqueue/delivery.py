@@ -49,6 +49,10 @@ _IDLE_RECHECK_MS = 5_000
 # Real-time pauses after the store failed (a database restarting, a server out
 # of reach): short at first, then no more than one try a second.
 _FAILURE_PAUSES_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+# Batches taken by one lease at most. Free slots past this wait for the next
+# lease: a lease of thousands of messages holds the store's writer that long,
+# and a consumer scaled up on a deep backlog would hold them all in memory.
+_MAX_BATCHES_PER_LEASE = 8
 
 
 class Policy(Protocol):
@@ -355,7 +359,7 @@ class Engine:
         size = self._batch_size
         free = min(self._target, self._cap) - len(self._batches)
         # A cross-process bound counts leases, so each batch needs a lease of its own.
-        want = size if self._bounded else size * free
+        want = size if self._bounded else size * min(free, _MAX_BATCHES_PER_LEASE)
         token = secrets.token_hex(8)
         leased_at = self._source.clock.now_ms()
         seen = self._source.changes()

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from kvqueue import errors, model
+from kvqueue import errors, limits, model
 from kvqueue.clock import Clock, SystemClock
 from kvqueue.consumers import Consumer
 from kvqueue.delivery import Decision
@@ -133,7 +133,8 @@ class RemoteSource:
             ahead, self._ahead = self._ahead, None
             return await ahead
         wait_ms, self._wait_ms = self._wait_ms, 0
-        return await self._pull(lease, limit, wait_ms)
+        # A pull takes at most 100; the engine asks again for the batches still free.
+        return await self._pull(lease, min(limit, limits.MAX_PULL_BATCH_SIZE), wait_ms)
 
     async def _pull(self, lease: str, limit: int, wait_ms: int) -> list[model.LeasedMessage]:
         # As the consumer, under ``lease``, every body exact (text that is not UTF-8 too).
