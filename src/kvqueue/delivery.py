@@ -49,10 +49,10 @@ _IDLE_RECHECK_MS = 5_000
 # Real-time pauses after the store failed (a database restarting, a server out
 # of reach): short at first, then no more than one try a second.
 _FAILURE_PAUSES_S = (0.05, 0.1, 0.25, 0.5, 1.0)
-# Batches taken by one lease at most. Free slots past this wait for the next
-# lease: a lease of thousands of messages holds the store's writer that long,
-# and a consumer scaled up on a deep backlog would hold them all in memory.
-_MAX_BATCHES_PER_LEASE = 8
+# Messages taken by one lease at most (whole batches). Free slots past this wait
+# for the next lease: a lease of thousands of messages holds the store's writer
+# that long, and a consumer scaled up on a deep backlog would hold them all in memory.
+_MAX_LEASE_MESSAGES = 800
 
 
 class Policy(Protocol):
@@ -359,7 +359,7 @@ class Engine:
         size = self._batch_size
         free = min(self._target, self._cap) - len(self._batches)
         # A cross-process bound counts leases, so each batch needs a lease of its own.
-        want = size if self._bounded else size * min(free, _MAX_BATCHES_PER_LEASE)
+        want = size if self._bounded else size * min(free, max(1, _MAX_LEASE_MESSAGES // size))
         token = secrets.token_hex(8)
         leased_at = self._source.clock.now_ms()
         seen = self._source.changes()
@@ -428,6 +428,11 @@ class Engine:
             self._unsettled[_key(message)] = outstanding
         task = asyncio.create_task(self._run_batch(batch, outstanding))
         self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._slot_free.set()
 
     async def _run_batch(self, batch: list[model.LeasedMessage], outstanding: _Outstanding) -> None:
         try:
@@ -448,10 +453,6 @@ class Engine:
                 self._unsettled.pop(key, None)
                 self._held.pop(key, None)
                 self._pending_ids.discard(key)
-            task = asyncio.current_task()
-            if task is not None:
-                self._batches.discard(task)
-            self._slot_free.set()
 
     def _is_pending(self, message: model.LeasedMessage) -> bool:
         return _key(message) in self._pending_ids
