@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 
@@ -99,15 +100,25 @@ def run(ctx: Context) -> list[Row]:
                 note=note,
             )
         )
+    # The 1M messages through one queue: 20 rounds of 50k after the first.
+    # One round swings by ±15 % on this VM, so each end is the median of 3 rounds.
     per_round = ctx.sizes.pick(50_000, 5_000)
-    rounds = ctx.sizes.pick(6, 3)
+    rounds = ctx.sizes.pick(23, 4)
+    ends = ctx.sizes.pick(3, 1)
     rates = asyncio.run(churn(ctx.postgres().new_database(), per_round, rounds))
-    through = per_round * (rounds - 1)
-    rows.append(Row("S8", "PostgreSQL S1 pipeline, fresh queue", rates[0], "msgs/s"))
-    row = Row(
-        "S8", f"PostgreSQL S1 pipeline after {through:,} messages passed", rates[-1], "msgs/s"
+    fresh = statistics.median(rates[:ends])
+    late = statistics.median(rates[-ends:])
+    through = per_round * (rounds - ends)
+    rows.append(
+        Row("S8", f"PostgreSQL S1 pipeline, fresh queue (median of {ends} rounds)", fresh, "msgs/s")
     )
-    rows.append(at_least(ratio(row, rates[0], "fresh"), 0.8, "fresh"))
+    row = Row(
+        "S8",
+        f"PostgreSQL S1 pipeline after {through:,} messages passed (median of {ends})",
+        late,
+        "msgs/s",
+    )
+    rows.append(at_least(ratio(row, fresh, "fresh"), 0.8, "fresh"))
     rows[-1].extra = {"rounds_per_s": rates, "messages_per_round": per_round}
     rows[0].extra = result
     return rows
