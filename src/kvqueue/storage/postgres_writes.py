@@ -12,7 +12,7 @@ chooses a delay or a dead-letter queue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +61,22 @@ WHERE q.name = ANY(%b::text[])
 """
 SQL_QUEUE_LIMITS = SQL_QUEUES_LIMITS.replace("= ANY(%b::text[])", "= %s")
 # FOR SHARE: a lease checked here cannot be taken by another consumer before we commit.
+# Rows are named by an index condition on id (see SQL_LEASE_SETTINGS in postgres.py
+# for why); "IS NOT DISTINCT FROM" (queue is never NULL) keeps the planner from
+# reaching them through an index on queue instead, which after statistics taken
+# on an empty queue it may think cheaper.
 SQL_LEASES_CHECK = """
 SELECT count(*) FROM (
   SELECT 1 FROM kvqueue_messages AS m
-  JOIN unnest(%s::text[], %s::text[]) AS held(id, lease)
+  JOIN unnest(%(ids)s::text[], %(leases)s::text[]) AS held(id, lease)
     ON m.id = held.id AND m.lease = held.lease
+  WHERE m.id = ANY(%(ids)s::text[])
   FOR SHARE OF m
 ) AS found
 """
 SQL_MESSAGES_ACK = """
-DELETE FROM kvqueue_messages WHERE queue = %s AND id = ANY(%b::text[]) RETURNING id
+DELETE FROM kvqueue_messages WHERE id = ANY(%b::text[]) AND queue IS NOT DISTINCT FROM %s
+RETURNING id
 """
 SQL_MESSAGE_RETRY = """
 UPDATE kvqueue_messages SET visible_at = %s, lease = NULL
@@ -123,7 +129,7 @@ class Txn:
     changed: bool = False
 
 
-async def scalar(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+async def scalar(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
     row = await (await conn.execute(sql, params)).fetchone()
     return None if row is None else row[0]
 
@@ -143,7 +149,7 @@ async def apply_write(txn: Txn, write: model.AtomicWrite) -> model.Committed:
     if write.lease_checks:
         ids = [lease.message_id for lease in write.lease_checks]
         names = [lease.lease for lease in write.lease_checks]
-        if await scalar(conn, SQL_LEASES_CHECK, (ids, names)) != len(ids):
+        if await scalar(conn, SQL_LEASES_CHECK, {"ids": ids, "leases": names}) != len(ids):
             raise CheckFailed
     txn.version += 1
     txn.changed = True
@@ -260,7 +266,7 @@ def ack_runs(acks: Sequence[model.Ack]) -> list[list[model.Ack]]:
 
 async def delete_acked(conn: Connection, run: Sequence[model.Ack]) -> Cursor:
     """Start deleting one run of acks (see :func:`ack_runs`)."""
-    return await conn.execute(SQL_MESSAGES_ACK, (run[0].queue, [a.message_id for a in run]))
+    return await conn.execute(SQL_MESSAGES_ACK, ([a.message_id for a in run], run[0].queue))
 
 
 async def acked(cursor: Cursor, run: Sequence[model.Ack]) -> list[bool]:
