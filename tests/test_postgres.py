@@ -143,7 +143,7 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("ANALYZE kvqueue_messages")
             assert conn.execute(
-                "SELECT reltuples FROM pg_class WHERE relname = 'kvqueue_messages'"
+                "SELECT reltuples FROM pg_class WHERE oid = 'kvqueue_messages'::regclass"
             ).fetchone() == (0,)
         await q.send_batch(list(range(100)))
         now = db.clock.now_ms()
