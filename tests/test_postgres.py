@@ -232,6 +232,13 @@ def test_a_worker_and_producers_carry_on_through_a_server_restart(tmp_path: Path
 
         producer = threading.Thread(target=produce)
         producer.start()
+        # The worker must be running before the first restart: one that is still
+        # starting up fails to open the database, as it should, and exits.
+        deadline = time.monotonic() + 30
+        while not handled:
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            assert time.monotonic() < deadline, "the worker handled nothing"
+            stop.wait(0.01)
         started = [_one(url, "SELECT pg_postmaster_start_time()")]
         try:
             for _ in range(2):

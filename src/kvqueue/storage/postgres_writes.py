@@ -64,7 +64,7 @@ SQL_QUEUE_LIMITS = SQL_QUEUES_LIMITS.replace("= ANY(%b::text[])", "= %s")
 # Rows are named by an index condition on id (see SQL_LEASE_SETTINGS in postgres.py
 # for why); "IS NOT DISTINCT FROM" (queue is never NULL) keeps the planner from
 # reaching them through an index on queue instead, which after statistics taken
-# on an empty queue it may think cheaper.
+# on an empty queue it may think cheaper. So do the acks, retries and moves below.
 SQL_LEASES_CHECK = """
 SELECT count(*) FROM (
   SELECT 1 FROM kvqueue_messages AS m
@@ -80,14 +80,16 @@ RETURNING id
 """
 SQL_MESSAGE_RETRY = """
 UPDATE kvqueue_messages SET visible_at = %s, lease = NULL
-WHERE id = %s AND lease = %s AND queue = %s
+WHERE id = %s AND lease = %s AND queue IS NOT DISTINCT FROM %s
 """
 SQL_MESSAGE_MOVE = """
 UPDATE kvqueue_messages SET queue = %s, attempts = 0, lease = NULL, visible_at = %s,
   attributes = NULL
-WHERE id = %s AND lease = %s AND queue = %s
+WHERE id = %s AND lease = %s AND queue IS NOT DISTINCT FROM %s
 """
-SQL_MESSAGE_DROP = "DELETE FROM kvqueue_messages WHERE id = %s AND lease = %s AND queue = %s"
+SQL_MESSAGE_DROP = """
+DELETE FROM kvqueue_messages WHERE id = %s AND lease = %s AND queue IS NOT DISTINCT FROM %s
+"""
 SQL_QUEUE_EXISTS = "SELECT 1 FROM kvqueue_queues WHERE name = %s"
 SQL_QUEUE_INSERT = """
 INSERT INTO kvqueue_queues (name, id, created_at, modified_at, delivery_delay, retention,
