@@ -1,10 +1,11 @@
-"""Small test helpers: waiting for conditions, recording handler calls, and a real
-server whose output is read while it runs."""
+"""Small test helpers: waiting for conditions, recording handler calls, child
+processes and a real server whose output is read while they run."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import subprocess
 import threading
@@ -13,12 +14,42 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import kvqueue
 from tests.served import Served, start_server
 
 T = TypeVar("T")
+
+
+class Spawned:
+    """A child process whose stdout is collected line by line on a thread (``lines``);
+    stderr goes there too unless ``stderr`` says otherwise."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stderr: int | IO[Any] = subprocess.STDOUT,
+    ) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:

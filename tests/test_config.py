@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import textwrap
-import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import pytest
 
 import kvqueue
 from kvqueue import config, errors
+from tests.helpers import Spawned
 from tests.test_cli import KVQUEUE, fails, kvq, ok
 
 FILE = """\
@@ -260,26 +260,11 @@ def test_a_conflict_or_a_bad_file_changes_nothing(shared_url: str, tmp_path: Pat
     assert [q["name"] for q in ok(shared_url, "queues", "list")] == ["uploads"]
 
 
-class Process:
+class Process(Spawned):
     """A `kvqueue` subprocess, its stdout and stderr collected line by line."""
 
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [KVQUEUE, *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "KVQUEUE_DB": "", "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__([KVQUEUE, *args], cwd=cwd, env={"KVQUEUE_DB": "", **(env or {})})
 
     def wait_for(self, seen: Callable[[str], bool], within: float = 30.0) -> str:
         """The first line ``seen`` accepts, once it comes (bounded)."""

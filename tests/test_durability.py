@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -12,31 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import kvqueue
+from tests.helpers import Spawned
 from tests.stores import message_bodies, stored_messages
 
 PROCS = Path(__file__).parent / "procs"
 
 
-class Child:
+class Child(Spawned):
     """A Python child process whose stdout lines are collected on a thread."""
 
     def __init__(self, script: str, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PROCS / script), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__([sys.executable, str(PROCS / script), *args])
 
     def wait_for(self, predicate: Any, within: float = 30.0) -> None:
         deadline = time.monotonic() + within

@@ -4,7 +4,6 @@ and three `kvqueue worker` processes; one of each is killed with SIGKILL mid-loa
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 
 import kvqueue
+from tests.helpers import Spawned
 from tests.served import Served, start_server
 
 KVQUEUE = str(Path(sys.executable).parent / "kvqueue")
@@ -42,27 +42,17 @@ def handle(batch):
 """
 
 
-class WorkerProcess:
+class WorkerProcess(Spawned):
     """`kvqueue worker app:worker`, its stdout collected line by line."""
 
     def __init__(self, cwd: Path, url: str) -> None:
-        self.proc = subprocess.Popen(
+        super().__init__(
             [KVQUEUE, "worker", "app:worker", "--log-level", "WARNING"],
             cwd=cwd,
-            stdout=subprocess.PIPE,
+            env={"APP_DB": url},
             stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "APP_DB": url, "PYTHONUNBUFFERED": "1"},
         )
-        self.lines: list[str] = []
         self.killed_at: int | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
 
     def handled(self) -> set[int]:
         return {int(line.split()[1]) for line in list(self.lines) if line.startswith("handled ")}
