@@ -288,11 +288,13 @@ async def test_slow_handler_keeps_its_lease(tmp_path: Path) -> None:
 
 
 async def test_queue_full_rejects_enqueue_and_its_atomic(url: str) -> None:
-    """Past the backlog limit enqueue raises QueueFull and its whole atomic is undone."""
+    """Past the backlog limit enqueue raises QueueFull, alone or with its whole atomic undone."""
     database = await kvqueue.open_async(url, kv_queue_backlog=5)
     try:
         for i in range(5):
             await database.enqueue(i)
+        with pytest.raises(kvqueue.QueueFull):
+            await database.enqueue(5)
         with pytest.raises(kvqueue.QueueFull) as info:
             await database.atomic().set(("side",), 1).enqueue(5).commit()
         assert "5" in str(info.value)

@@ -39,6 +39,41 @@ async def test_concurrent_sends_past_a_backlog_limit_are_refused_one_by_one(
     ]
 
 
+async def test_concurrent_sends_past_a_byte_limit_are_refused_one_by_one(
+    adb: kvqueue.AsyncDatabase,
+) -> None:
+    """Six sends of 102-byte bodies at once into a queue that holds 350 bytes: three land,
+    three get QueueFull naming the byte limit, and the queue then holds 306 bytes."""
+    await adb.queues.create("sized", max_backlog_bytes=350)
+    sends = [adb.atomic().send("sized", str(i) * 100) for i in range(6)]
+    results = await asyncio.gather(*(op.commit() for op in sends), return_exceptions=True)
+    landed = [r for r in results if isinstance(r, kvqueue.CommitResult)]
+    refused = [r for r in results if isinstance(r, kvqueue.QueueFull)]
+    assert len(landed) == 3
+    assert len(refused) == 3
+    assert all("350 bytes of undelivered messages" in str(r) for r in refused)
+    metrics = await adb.queues.metrics("sized")
+    assert (metrics.backlog_count, metrics.backlog_bytes) == (3, 306)
+
+
+async def test_sends_committed_together_keep_their_own_delays(
+    fake_adb: kvqueue.AsyncDatabase, clock: kvqueue.FakeClock
+) -> None:
+    """Among sends committed at once to a queue delaying delivery by a minute, one asking for
+    no delay is deliverable now; the others, with none of their own, only after the minute."""
+    await fake_adb.queues.create("later", delivery_delay=60)
+    sends = [fake_adb.atomic().send("later", f"queued {i}") for i in range(3)]
+    sends.insert(1, fake_adb.atomic().send("later", "now", delay_seconds=0))
+    await asyncio.gather(*(op.commit() for op in sends))
+    queue = fake_adb.queue("later")
+    first = await queue.pull(batch_size=10)
+    assert [m.body for m in first.messages] == ["now"]
+    await queue.ack(acks=[m.lease_id for m in first.messages])
+    clock.advance(60_000)
+    later = await queue.pull(batch_size=10)
+    assert sorted(m.body for m in later.messages) == ["queued 0", "queued 1", "queued 2"]
+
+
 async def test_a_write_failing_part_way_fails_only_itself(adb: kvqueue.AsyncDatabase) -> None:
     """Among concurrent writes, the one whose sum meets a stored string fails with
     TypeMismatch after its set and send were applied: both are undone, and only it fails;

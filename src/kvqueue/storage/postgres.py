@@ -11,12 +11,12 @@ How it stays correct with many writers:
   through the version lock for many callers (group commit). Concurrent
   enqueue-only writes (sends) share one INSERT and are still refused one by one.
 * A group of nothing but sends and acks (the busy path) is pipelined instead:
-  BEGIN, the version lock, the acks, the queues' limits in one round trip,
-  then the INSERT, NOTIFY and COMMIT in a second. A group of acks alone is a
-  single statement (``kvqueue_ack``), a transaction of its own. Such writes
-  cannot fail one another, so they need no savepoints; should PostgreSQL
-  refuse a statement anyway, the group is rolled back and applied again the
-  careful way, op by op.
+  BEGIN, the version lock, the acks, the INSERT (which checks its queues'
+  limits itself), NOTIFY and COMMIT in one round trip. A group of acks alone
+  is a single statement (``kvqueue_ack``), a transaction of its own. Such
+  writes cannot fail one another, so they need no savepoints; should a send be
+  refused (its queue missing or full) or PostgreSQL refuse a statement, the
+  group is rolled back and applied again the careful way, op by op.
 * Leasing runs beside the writer on pooled connections with
   ``FOR UPDATE SKIP LOCKED``, so consumers in different processes never take
   one message twice and never wait for each other. A consumer bounded by
@@ -60,22 +60,20 @@ from kvqueue.storage.common import (
     check_schema_version,
     is_plain_send,
     migration_scripts,
-    plan_enqueues,
     queue_record,
     versionstamp,
 )
 from kvqueue.storage.postgres_writes import (
-    SQL_MESSAGES_INSERT,
+    SQL_MESSAGES_SEND,
     Txn,
     ack_runs,
     acked,
     apply_sends,
     apply_write,
     delete_acked,
-    insert_columns,
     is_plain_ack,
-    read_limits,
     scalar,
+    send_columns,
 )
 
 T = TypeVar("T")
@@ -110,8 +108,6 @@ BEGIN; UPDATE kvqueue_meta SET version = version + {} WHERE id = 0 RETURNING ver
 # The same for a pipeline, where statements go one by one but parameters are allowed.
 SQL_BUMP = "UPDATE kvqueue_meta SET version = version + %s WHERE id = 0 RETURNING version"
 SQL_NOTIFY = "SELECT pg_notify(%s, %s)"
-# The INSERT of a pipelined group and its NOTIFY in one statement.
-SQL_MESSAGES_INSERT_NOTIFY = f"WITH inserted AS ({SQL_MESSAGES_INSERT}) {SQL_NOTIFY}"
 # A group of nothing but acks, whole (see 0002_counts_and_acks.sql).
 SQL_ACK = """
 SELECT last_version, gone_queues, gone_ids
@@ -554,14 +550,14 @@ class PostgresStorage(Waits):
         """Apply a group of sends and acks in one pipeline (see the module docstring).
 
         Statements run in the group's order, so a send sees the backlog that the
-        acks before it left. Returns None when PostgreSQL refused a statement: the
-        transaction is then rolled back, and the caller applies the group op by op.
+        acks before it left. Returns None when PostgreSQL refused a statement (a send
+        over its queue's limits, a duplicate id): the transaction is then rolled
+        back, and the caller applies the group op by op, refusing each on its own.
         """
         now = self.clock.now_ms()
-        # Per caller: its future, its refusal or its version (counted from the
-        # group's first), and its acks with the cursors that will say what they found.
-        planned: list[tuple[asyncio.Future[Any], Exception | None, int, list[Any]]] = []
-        version = 0
+        # Per caller, in order (its version is its place in the group): its acks,
+        # with the cursors that will say what they found.
+        deletes: list[list[tuple[list[model.Ack], Any]]] = []
         notified = committing = False
         try:
             async with conn.pipeline():
@@ -569,32 +565,26 @@ class PostgresStorage(Waits):
                 bumped = await conn.execute(SQL_BUMP, (len(batch),))
                 start = 0
                 while start < len(batch):
-                    _, future, write = batch[start]
+                    write = batch[start][2]
                     assert write is not None
                     if is_plain_ack(write):
                         acks = [s for s in write.settlements if isinstance(s, model.Ack)]
-                        deletes = [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
-                        version += 1
-                        planned.append((future, None, version, deletes))
+                        deletes.append(
+                            [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
+                        )
                         start += 1
                         continue
                     end = start + 1
                     while end < len(batch) and (write := batch[end][2]) and is_plain_send(write):
                         end += 1
                     writes = [w for _, _, w in batch[start:end] if w is not None]
-                    # The one wait before COMMIT: what a send may be refused for.
-                    found = await (await read_limits(conn, writes)).fetchall()
-                    refusals, rows = plan_enqueues(writes, found, now)
-                    if rows:
-                        insert = (*insert_columns(rows, now), self._channel, self._origin)
-                        await conn.execute(SQL_MESSAGES_INSERT_NOTIFY, insert)
-                        notified = True
-                    for (_, future, _), refusal in zip(batch[start:end], refusals, strict=True):
-                        if refusal is None:
-                            version += 1
-                        planned.append((future, refusal, version, []))
+                    # It checks its queues' limits itself: a refusal aborts the group.
+                    sends = (*send_columns(writes, now), self._channel, self._origin)
+                    await conn.execute(SQL_MESSAGES_SEND, sends)
+                    notified = True
+                    deletes += [[] for _ in writes]
                     start = end
-                if version and not notified:
+                if not notified:
                     await conn.execute(SQL_NOTIFY, (self._channel, self._origin))
                 committing = True
                 await conn.execute("COMMIT")
@@ -602,12 +592,9 @@ class PostgresStorage(Waits):
             assert row is not None
             first = int(row[0]) - len(batch)
             outcomes: list[_Outcome] = []
-            for future, refusal, offset, deletes in planned:
-                if refusal is not None:
-                    outcomes.append((future, None, refusal))
-                    continue
-                settled = [found for run, cursor in deletes for found in await acked(cursor, run)]
-                committed = model.Committed(versionstamp(first + offset), tuple(settled))
+            for number, ((_, future, _), own) in enumerate(zip(batch, deletes, strict=True), 1):
+                settled = [found for run, cursor in own for found in await acked(cursor, run)]
+                committed = model.Committed(versionstamp(first + number), tuple(settled))
                 outcomes.append((future, committed, None))
         except psycopg.Error as exc:
             if conn.broken:
@@ -617,7 +604,7 @@ class PostgresStorage(Waits):
             with contextlib.suppress(psycopg.Error):
                 await conn.execute("ROLLBACK")
             return None
-        return outcomes, version > 0
+        return outcomes, True
 
     async def _apply_sends(self, txn: Txn, run: list[_Pending], *, alone: bool) -> list[_Outcome]:
         """Enqueue-only writes of many callers: one INSERT, each still refused on its own.

@@ -4,9 +4,9 @@ The mechanics of :meth:`kvqueue.storage.base.Storage.commit` for PostgreSQL:
 checks, queue changes, mutations, enqueues and settlements, each as few round
 trips as it can (arrays with ``unnest``/``ANY``, sent in binary: no quoting of
 every element), and many enqueue-only writes of concurrent callers folded into
-one INSERT. Enqueues and acks also come in pieces (read the limits, plan,
-insert; delete, then read what was found) so the writer can pipeline a whole
-group of them. Policy is decided above the storage boundary; nothing here
+one INSERT. Enqueues and acks also come in pieces (an INSERT that checks its
+queues' limits itself; delete, then read what was found) so the writer can
+pipeline a whole group of them. Policy is decided above the storage boundary; nothing here
 chooses a delay or a dead-letter queue.
 """
 
@@ -51,6 +51,38 @@ INSERT INTO kvqueue_messages (queue, id, body, content_type, enqueued_at, visibl
 SELECT queue, id, body, content_type, %b::bigint, visible_at, attributes
 FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::text[], %b::bigint[], %b::bytea[])
   AS m(queue, id, body, content_type, visible_at, attributes)
+"""
+# A run of sends none of which is refused, with the limits checked in the same
+# statement (so the group needs no round trip before its COMMIT): the queue's own
+# delay where a message has none, and kvqueue_refuse_sends() (schema 4), which
+# aborts the transaction, should any queue be missing or the group's total not
+# fit its limits. ``caps`` holds the smallest explicit max_backlog per queue, so
+# the check is never looser than plan_enqueues' one send at a time.
+SQL_MESSAGES_SEND = """
+WITH m AS (
+  SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::text[], %b::bigint[], %b::bytea[])
+    WITH ORDINALITY AS m(queue, id, body, content_type, delay, attributes, ord)
+), fits AS (
+  SELECT bool_and(
+    q.name IS NOT NULL
+    AND (least(cap.max_backlog, q.max_backlog) IS NULL
+      OR coalesce(b.count, 0) + need.count <= least(cap.max_backlog, q.max_backlog))
+    AND (q.max_backlog_bytes IS NULL OR coalesce(b.bytes, 0) + need.bytes <= q.max_backlog_bytes)
+  ) AS ok
+  FROM (SELECT queue, count(*) AS count, sum(octet_length(body)) AS bytes FROM m GROUP BY queue)
+    AS need
+  LEFT JOIN unnest(%b::text[], %b::bigint[]) AS cap(queue, max_backlog) ON cap.queue = need.queue
+  LEFT JOIN kvqueue_queues AS q ON q.name = need.queue
+  LEFT JOIN kvqueue_backlog AS b ON b.queue = need.queue
+), inserted AS (
+  INSERT INTO kvqueue_messages (queue, id, body, content_type, enqueued_at, visible_at, attributes)
+  SELECT m.queue, m.id, m.body, m.content_type, %b::bigint,
+    %b::bigint + coalesce(m.delay, q.delivery_delay), m.attributes
+  FROM m LEFT JOIN kvqueue_queues AS q ON q.name = m.queue
+  WHERE CASE WHEN (SELECT ok FROM fits) THEN true ELSE kvqueue_refuse_sends() END
+  ORDER BY m.ord
+)
+SELECT pg_notify(%s, %s)
 """
 # Settings and backlog in one statement: one snapshot, one round trip. The usual
 # single queue by name: PostgreSQL then keeps one plan instead of planning each time.
@@ -222,6 +254,29 @@ async def _enqueue(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Except
 def insert_columns(rows: Sequence[tuple[Any, ...]], now: int) -> tuple[Any, ...]:
     """SQL_MESSAGES_INSERT's parameters for :func:`plan_enqueues`' rows."""
     return (now, *(list(column) for column in zip(*rows, strict=True)))
+
+
+def send_columns(writes: Sequence[model.AtomicWrite], now: int) -> tuple[Any, ...]:
+    """SQL_MESSAGES_SEND's parameters (but the NOTIFY's) for enqueue-only writes."""
+    every = [e for w in writes for e in w.enqueues]
+    caps: dict[str, int | None] = {}
+    for e in every:
+        cap = caps.get(e.queue)
+        if e.max_backlog and (cap is None or e.max_backlog < cap):
+            cap = e.max_backlog
+        caps[e.queue] = cap
+    return (
+        [e.queue for e in every],
+        [e.message_id for e in every],
+        [e.body for e in every],
+        [e.content_type for e in every],
+        [e.delay_ms for e in every],
+        [e.attributes for e in every],
+        list(caps),
+        list(caps.values()),
+        now,
+        now,
+    )
 
 
 async def read_limits(conn: Connection, writes: Sequence[model.AtomicWrite]) -> Cursor:
