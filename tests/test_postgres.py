@@ -17,7 +17,7 @@ import kvqueue
 from kvqueue import errors
 from kvqueue.clock import SystemClock
 from kvqueue.storage.common import migration_scripts
-from kvqueue.storage.postgres import SQL_LEASE_SETTINGS, SQL_MESSAGE_LEASE, ServerClock
+from kvqueue.storage.postgres import SQL_MESSAGE_LEASE, ServerClock
 from tests.postgres import running_cluster
 
 SCRIPTS = len(migration_scripts("kvqueue.storage.sql.postgres"))
@@ -146,19 +146,77 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
                 "SELECT reltuples FROM pg_class WHERE oid = 'kvqueue_messages'::regclass"
             ).fetchone() == (0,)
         await q.send_batch(list(range(100)))
-        now = db.clock.now_ms()
-        lease = {"lease": "l", "until": now + 30_000, "queue": "jobs", "now": now, "limit": 100}
-        with psycopg.connect(pg_url) as conn:
-            conn.execute(SQL_LEASE_SETTINGS)
-            rows = conn.execute(b"EXPLAIN " + SQL_MESSAGE_LEASE.encode(), lease).fetchall()
-            conn.rollback()
-        plan = "\n".join(row[0] for row in rows)
-        assert "Tid Scan" in plan, plan
-        assert "Index Scan using kvqueue_messages_visible" in plan, plan
-        assert "Sort" not in plan, plan
-        assert "Seq Scan" not in plan, plan
+        plans: list[str] = []
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            # auto_explain reports the plan of the UPDATE inside kvqueue_lease; run
+            # past PostgreSQL's fifth call, where a function may switch to a generic plan.
+            conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+            conn.execute("LOAD 'auto_explain'")
+            conn.execute("SET auto_explain.log_min_duration = 0")
+            conn.execute("SET auto_explain.log_nested_statements = on")
+            conn.execute("SET client_min_messages = log")
+            taken: list[list[int]] = []
+            # Seven leases, then two bounded ones: seven leases held leave no room
+            # under a bound of 7 and room under 8.
+            for bound in [None] * 7 + [7, 8]:
+                now = db.clock.now_ms()
+                lease = {
+                    "lease": f"l{len(taken)}",
+                    "until": now + 30_000,
+                    "queue": "jobs",
+                    "now": now,
+                    "limit": 10,
+                    "max_leases": bound,
+                    "lock": "jobs",
+                }
+                rows = conn.execute(SQL_MESSAGE_LEASE.encode(), lease).fetchall()
+                taken.append(sorted(row[0] for row in rows))
+        assert [len(batch) for batch in taken] == [10] * 7 + [0, 10]
+        flat = [seq for batch in taken for seq in batch]
+        assert flat == sorted(flat), "a lease did not take the oldest messages left"
+        updates = [plan for plan in plans if "Update on kvqueue_messages" in plan]
+        assert len(updates) == 8, plans
+        for plan in updates:
+            assert "Tid Scan" in plan, plan
+            assert "Index Scan using kvqueue_messages_visible" in plan, plan
+            assert "Sort" not in plan, plan
+            assert "Seq Scan" not in plan, plan
     finally:
         await db.close()
+
+
+async def test_a_lease_does_not_wait_for_its_wal_flush(pg_url: str) -> None:
+    """A lease commits with synchronous_commit off (a lost lease only means a redelivery),
+    which takes a WAL flush off every lease. Right after such a commit, PostgreSQL has
+    usually not flushed it yet."""
+    async with await kvqueue.open_async(pg_url) as db:
+        await db.queues.create("jobs")
+        await db.queue("jobs").send_batch(list(range(20)))
+        unflushed = 0
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            for n in range(20):
+                now = db.clock.now_ms()
+                lease = {
+                    "lease": f"l{n}",
+                    "until": now + 30_000,
+                    "queue": "jobs",
+                    "now": now,
+                    "limit": 1,
+                    "max_leases": None,
+                    "lock": "jobs",
+                }
+                taken = await (await conn.execute(SQL_MESSAGE_LEASE.encode(), lease)).fetchall()
+                assert len(taken) == 1
+                behind = await (
+                    await conn.execute(
+                        "SELECT pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"
+                    )
+                ).fetchone()
+                unflushed += bool(behind and behind[0])
+    # The WAL writer flushes in the background within 200 ms, and other WAL (the
+    # bgwriter's, autovacuum's) can make a flushed lease look behind: so a
+    # majority, not all. Measured: 20 of 20 as it is, 1 of 20 with the lease durable.
+    assert unflushed > 10, unflushed
 
 
 async def test_the_storage_clock_is_the_database_servers(pg_url: str) -> None:

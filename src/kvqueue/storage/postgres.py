@@ -21,7 +21,8 @@ How it stays correct with many writers:
   ``FOR UPDATE SKIP LOCKED``, so consumers in different processes never take
   one message twice and never wait for each other. A consumer bounded by
   ``max_leases`` takes a per-queue advisory lock, so the bound holds across
-  every process; lock, count and lease are one pipelined round trip.
+  every process. A lease is one statement (``kvqueue_lease``), so one round
+  trip, bound or not.
 * A commit that changed something sends ``NOTIFY``; every process LISTENs on
   a connection of its own and wakes its waiters within a millisecond.
 * Times come from the database server's clock (:class:`ServerClock`), so
@@ -125,44 +126,13 @@ ORDER BY key DESC LIMIT %s
 """
 SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND expires_at <= %s"
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
-SQL_LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-# The messages table churns, so its statistics are often taken while a queue is
-# empty (an autovacuum's ANALYZE, or VACUUM's own row count). The planner then
-# expects one row and may read the whole queue, or a whole index, for every
-# lease and every ack: measured, 14k msgs/s fell to about 300 until the next
-# analyze. So the hot statements leave it one sensible plan: the lease takes its
-# messages in order from the (queue, visible_at, seq) index, never by reading
-# the queue and sorting (enable_sort off), and changes the rows it locked by
-# their ctid (a TID scan, which no estimate makes look dearer); acks and the
-# lease checks name their rows by an index condition on id.
-#
-# For the lease's own transaction, also synchronous_commit off: a lease need
-# not wait for its WAL flush. Lost in a server crash, it only means the message
-# is delivered again (what a crash of the consumer means too), and any later
-# durable commit, such as the ack, flushes it first: the WAL is one log.
-SQL_LEASE_SETTINGS = (
-    "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)"
-)
+# A lease, whole: settings, the concurrency bound and the UPDATE (see 0005_lease.sql
+# for why each is there).
 SQL_MESSAGE_LEASE = """
-UPDATE kvqueue_messages SET attempts = attempts + 1, lease = %(lease)s, visible_at = %(until)s
-WHERE ctid = ANY(ARRAY(
-  SELECT ctid FROM kvqueue_messages WHERE queue = %(queue)s AND visible_at <= %(now)s
-  ORDER BY visible_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-))
-RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
-"""
-# The same, taking nothing while max_leases other leases hold messages of the queue
-# (counted after SQL_LEASE_LOCK, by a statement of its own: a snapshot taken then).
-SQL_MESSAGE_LEASE_BOUNDED = """
-UPDATE kvqueue_messages SET attempts = attempts + 1, lease = %(lease)s, visible_at = %(until)s
-WHERE ctid = ANY(ARRAY(
-  SELECT ctid FROM kvqueue_messages WHERE queue = %(queue)s AND visible_at <= %(now)s
-  ORDER BY visible_at, seq
-  LIMIT CASE WHEN kvqueue_leases_held(%(queue)s, %(lease)s, %(now)s) >= %(max_leases)s
-    THEN 0 ELSE %(limit)s END
-  FOR UPDATE SKIP LOCKED
-))
-RETURNING seq, id, body, content_type, enqueued_at, attempts, attributes
+SELECT seq, id, body, content_type, enqueued_at, attempts, attributes
+FROM kvqueue_lease(
+  %(queue)s, %(lease)s, %(until)s, %(now)s, %(limit)s, %(max_leases)s, %(lock)s
+)
 """
 SQL_MESSAGES_EXTEND = """
 UPDATE kvqueue_messages AS m SET visible_at = %(until)s
@@ -726,24 +696,10 @@ class PostgresStorage(Waits):
                 "now": now,
                 "limit": limit,
                 "max_leases": max_leases,
+                "lock": f"{self._channel}:{queue}",
             }
-            try:
-                async with conn.pipeline() if _PIPELINES else contextlib.nullcontext():
-                    await conn.execute("BEGIN")
-                    await conn.execute(SQL_LEASE_SETTINGS)
-                    if max_leases is None:
-                        cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
-                    else:
-                        # Counting leases and taking one must not interleave with
-                        # another process doing the same, or both would see room.
-                        await conn.execute(SQL_LEASE_LOCK, (f"{self._channel}:{queue}",))
-                        cursor = await conn.execute(SQL_MESSAGE_LEASE_BOUNDED, params, binary=True)
-                    await conn.execute("COMMIT")
-            except psycopg.Error:
-                if not conn.broken:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
-                raise
+            # Autocommit: the one statement is the lease's whole transaction.
+            cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
             return await cursor.fetchall()
 
         rows = await self._run(run)

@@ -93,7 +93,7 @@ WHERE q.name = ANY(%b::text[])
 """
 SQL_QUEUE_LIMITS = SQL_QUEUES_LIMITS.replace("= ANY(%b::text[])", "= %s")
 # FOR SHARE: a lease checked here cannot be taken by another consumer before we commit.
-# Rows are named by an index condition on id (see SQL_LEASE_SETTINGS in postgres.py
+# Rows are named by an index condition on id (see migration 0005_lease.sql
 # for why); "IS NOT DISTINCT FROM" (queue is never NULL) keeps the planner from
 # reaching them through an index on queue instead, which after statistics taken
 # on an empty queue it may think cheaper. So do the acks, retries and moves below.
