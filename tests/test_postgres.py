@@ -124,6 +124,22 @@ async def test_consumers_on_separate_connections_never_share_a_message(pg_url: s
     assert sum(1 for bodies in taken if bodies) >= 2, "the pulls did not actually overlap"
 
 
+def _lease_params(
+    db: kvqueue.AsyncDatabase, lease: str, *, limit: int, max_leases: int | None
+) -> dict[str, object]:
+    """SQL_MESSAGE_LEASE's parameters: a 30 s lease of queue "jobs"."""
+    now = db.clock.now_ms()
+    return {
+        "lease": lease,
+        "until": now + 30_000,
+        "queue": "jobs",
+        "now": now,
+        "limit": limit,
+        "max_leases": max_leases,
+        "lock": "jobs",
+    }
+
+
 async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
     pg_url: str,
 ) -> None:
@@ -159,16 +175,7 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
             # Seven leases, then two bounded ones: seven leases held leave no room
             # under a bound of 7 and room under 8.
             for bound in [None] * 7 + [7, 8]:
-                now = db.clock.now_ms()
-                lease = {
-                    "lease": f"l{len(taken)}",
-                    "until": now + 30_000,
-                    "queue": "jobs",
-                    "now": now,
-                    "limit": 10,
-                    "max_leases": bound,
-                    "lock": "jobs",
-                }
+                lease = _lease_params(db, f"l{len(taken)}", limit=10, max_leases=bound)
                 rows = conn.execute(SQL_MESSAGE_LEASE.encode(), lease).fetchall()
                 taken.append(sorted(row[0] for row in rows))
         assert [len(batch) for batch in taken] == [10] * 7 + [0, 10]
@@ -195,16 +202,7 @@ async def test_a_lease_does_not_wait_for_its_wal_flush(pg_url: str) -> None:
         unflushed = 0
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
             for n in range(20):
-                now = db.clock.now_ms()
-                lease = {
-                    "lease": f"l{n}",
-                    "until": now + 30_000,
-                    "queue": "jobs",
-                    "now": now,
-                    "limit": 1,
-                    "max_leases": None,
-                    "lock": "jobs",
-                }
+                lease = _lease_params(db, f"l{n}", limit=1, max_leases=None)
                 taken = await (await conn.execute(SQL_MESSAGE_LEASE.encode(), lease)).fetchall()
                 assert len(taken) == 1
                 behind = await (
