@@ -160,6 +160,11 @@ class _RandomHex:
 _random_hex = _RandomHex()
 
 
+def _time_hex() -> str:
+    """An id's first 12 characters: the time in unix milliseconds (modulo 2**48)."""
+    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+
+
 def new_message_id() -> str:
     """A message id: 32 lowercase hex characters, like Cloudflare's.
 
@@ -169,12 +174,12 @@ def new_message_id() -> str:
     on a random page of an ever larger index, and inserts and acks slow down as
     the table grows. Nothing orders messages by id; arrival order is kept apart.
     """
-    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{_random_hex.take(20)}"
+    return _time_hex() + _random_hex.take(20)
 
 
 def new_message_ids(count: int) -> list[str]:
     """``count`` ids of :func:`new_message_id`, with one clock read and one lock."""
-    stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+    stamp = _time_hex()
     random = _random_hex.take(20 * count)
     return [stamp + random[at : at + 20] for at in range(0, 20 * count, 20)]
 
