@@ -218,17 +218,23 @@ class AsyncDatabase:
 
     async def commit_write(self, write: model.AtomicWrite) -> model.CommitResult:
         """Commit a prepared, validated AtomicWrite (what ``atomic().commit()`` does)."""
-        self._ensure_open()
-        committed = await self._storage.commit(write)
+        committed = await self.commit_stored(write)
         if committed is None:
             return model.CommitResult(ok=False)
-        if any(m.expire_in_ms is not None for m in write.mutations) or (
-            self._sweeper_idle and any(e.queue != KV_QUEUE for e in write.enqueues)
-        ):
-            self._expiry_added.set()
         return model.CommitResult(
             ok=True, versionstamp=values.versionstamp_hex(committed.versionstamp)
         )
+
+    async def commit_stored(self, write: model.AtomicWrite) -> model.Committed | None:
+        """:meth:`commit_write` answered as the storage answers (None: a check failed)."""
+        self._ensure_open()
+        committed = await self._storage.commit(write)
+        if committed is not None and (
+            any(m.expire_in_ms is not None for m in write.mutations)
+            or (self._sweeper_idle and any(e.queue != KV_QUEUE for e in write.enqueues))
+        ):
+            self._expiry_added.set()
+        return committed
 
     # --- The KV queue --------------------------------------------------------
 

@@ -267,6 +267,11 @@ class AtomicWrite:
 
     They apply in this order: checks, queue changes, mutations, enqueues,
     settlements.
+
+    ``stats_of`` names a queue whose stats the caller wants after the write. A
+    backend may read them in the same transaction and return them in
+    :attr:`Committed.stats` (saving the caller a read of its own); one that
+    does not leaves that None.
     """
 
     checks: tuple[Check, ...] = ()
@@ -275,6 +280,7 @@ class AtomicWrite:
     mutations: tuple[Mutation, ...] = ()
     enqueues: tuple[Enqueue, ...] = ()
     settlements: tuple[Settlement, ...] = ()
+    stats_of: str | None = None
 
 
 def merge(writes: Sequence[AtomicWrite]) -> AtomicWrite:
@@ -291,11 +297,13 @@ def merge(writes: Sequence[AtomicWrite]) -> AtomicWrite:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """A write that committed: its versionstamp, and for each settlement whether
-    it found its message (False: already gone, or no longer held by that lease)."""
+    """A write that committed: its versionstamp, for each settlement whether it
+    found its message (False: already gone, or no longer held by that lease),
+    and the stats of the write's ``stats_of`` queue if the backend read them."""
 
     versionstamp: bytes
     settled: tuple[bool, ...] = ()
+    stats: QueueStats | None = None
 
 
 @dataclass(frozen=True, slots=True)

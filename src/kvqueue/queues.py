@@ -590,8 +590,12 @@ class AsyncQueue:
         return f"<AsyncQueue {self.name!r}>"
 
     async def _sent(self, enqueues: Sequence[model.Enqueue]) -> SendResult:
-        await self._db.commit_write(model.AtomicWrite(enqueues=tuple(enqueues)))
-        metrics = _metrics(await self._db.storage.stats(self.stored_name))
+        write = model.AtomicWrite(enqueues=tuple(enqueues), stats_of=self.stored_name)
+        committed = await self._db.commit_stored(write)
+        stats = None if committed is None else committed.stats
+        if stats is None:
+            stats = await self._db.storage.stats(self.stored_name)
+        metrics = _metrics(stats)
         return SendResult(tuple(e.message_id for e in enqueues), metrics)
 
     async def send(

@@ -50,7 +50,9 @@ class Storage(Protocol):
         an error: the message was already settled, or its lease ran out.
 
         A Retry adds one to its queue's retried count, a DeadLetter to its
-        queue's dead-lettered count (kept for metrics).
+        queue's dead-lettered count (kept for metrics). With ``write.stats_of``
+        the backend may also return that queue's stats as of this commit
+        (``Committed.stats``), read in the same transaction; None otherwise.
 
         Raises:
             TypeMismatch: a sum/min/max met a stored value that is not a KvU64.

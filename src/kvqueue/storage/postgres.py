@@ -12,7 +12,8 @@ How it stays correct with many writers:
   enqueue-only writes (sends) share one INSERT and are still refused one by one.
 * A group of nothing but sends and acks (the busy path) is pipelined instead:
   BEGIN, the version lock, the acks, the INSERT (which checks its queues'
-  limits itself), NOTIFY and COMMIT in one round trip. A group of acks alone
+  limits itself), NOTIFY, the stats the sends asked for (``stats_of``) and
+  COMMIT in one round trip. A group of acks alone
   is a single statement (``kvqueue_ack``), a transaction of its own. Such
   writes cannot fail one another, so they need no savepoints; should a send be
   refused (its queue missing or full) or PostgreSQL refuse a statement, the
@@ -556,15 +557,24 @@ class PostgresStorage(Waits):
                     start = end
                 if not notified:
                     await conn.execute(SQL_NOTIFY, (self._channel, self._origin))
+                # The stats senders want, as of this commit: no read of their own.
+                asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
+                reads = [(name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked]
                 committing = True
                 await conn.execute("COMMIT")
             row = await bumped.fetchone()
             assert row is not None
             first = int(row[0]) - len(batch)
+            stats = {name: _stats(await cursor.fetchone()) for name, cursor in reads}
             outcomes: list[_Outcome] = []
-            for number, ((_, future, _), own) in enumerate(zip(batch, deletes, strict=True), 1):
+            for number, ((_, future, write), own) in enumerate(zip(batch, deletes, strict=True), 1):
+                assert write is not None
                 settled = [found for run, cursor in own for found in await acked(cursor, run)]
-                committed = model.Committed(versionstamp(first + number), tuple(settled))
+                committed = model.Committed(
+                    versionstamp(first + number),
+                    tuple(settled),
+                    None if write.stats_of is None else stats[write.stats_of],
+                )
                 outcomes.append((future, committed, None))
         except psycopg.Error as exc:
             if conn.broken:
@@ -752,11 +762,10 @@ class PostgresStorage(Waits):
         now = self.clock.now_ms()
 
         async def run(conn: Connection) -> model.QueueStats:
-            row = await (await conn.execute(SQL_QUEUE_STATS, (now, queue))).fetchone()
-            if row is None:
+            stats = _stats(await (await conn.execute(SQL_QUEUE_STATS, (now, queue))).fetchone())
+            if stats is None:
                 raise errors.QueueNotFound(queue)
-            retried, dead_lettered, count, size, oldest, in_flight = row
-            return model.QueueStats(count, size, oldest, in_flight, retried, dead_lettered)
+            return stats
 
         return await self._run(run)
 
@@ -828,6 +837,14 @@ class PostgresStorage(Waits):
 
 # Pipeline mode needs libpq 14 or later (psycopg's binary package bundles one).
 _PIPELINES = psycopg.AsyncPipeline.is_supported()
+
+
+def _stats(row: Sequence[Any] | None) -> model.QueueStats | None:
+    """A row of SQL_QUEUE_STATS as QueueStats (None: no such queue)."""
+    if row is None:
+        return None
+    retried, dead_lettered, count, size, oldest, in_flight = row
+    return model.QueueStats(count, size, oldest, in_flight, retried, dead_lettered)
 
 
 def _pipelinable(write: model.AtomicWrite) -> bool:
