@@ -1185,6 +1185,45 @@ async def test_a_paused_queue_delivers_nothing_until_resumed(
     assert sorted(batches.deliveries()) == sorted((i, 1) for i in ids)
 
 
+# Well under the worker's idle recheck (5 s): a change that only the recheck finds fails.
+PROMPT_S = 2.0
+
+
+async def test_a_pause_from_another_process_stops_a_running_worker(
+    shared_url: str, logs: pytest.LogCaptureFixture
+) -> None:
+    """A worker that is consuming does not re-read its queue's record before every
+    batch; a pause committed by another process (another handle on the same store)
+    still reaches it: it takes nothing more until the queue is resumed. So does
+    removing its consumer. Each reaches it at once, not at its idle recheck (5 s)."""
+    batches = Batches()
+    async with await kvqueue.open_async(shared_url) as adb:
+        (first,) = await make_queue(adb, "q", 1)
+        worker = kvqueue.Worker(adb, name="w")
+
+        @worker.consumer("q", max_batch_timeout=0)
+        async def handle(batch: kvqueue.MessageBatch) -> None:
+            batches.record(batch)
+
+        async with serving(worker):
+            await wait_until(lambda: len(batches.seen) == 1)
+            async with await kvqueue.open_async(shared_url) as other:
+                await other.queues.pause("q")
+                await wait_until(lambda: any("paused" in m for m in warnings_of(logs)), PROMPT_S)
+                (second,) = (await other.queue("q").send("during")).message_ids
+                await other.queues.resume("q")
+                await wait_until(lambda: len(batches.seen) == 2, PROMPT_S)
+                await settled(adb, "q")
+                await other.queues.remove_consumer("q")
+                await wait_until(
+                    lambda: any("consumer was removed" in m for m in warnings_of(logs)), PROMPT_S
+                )
+                await other.queue("q").send("after")
+                pulled = await other.queue("q").pull()
+                assert [m.body for m in pulled.messages] == ["after"]
+    assert batches.deliveries() == [(first, 1), (second, 1)]
+
+
 async def test_a_paused_queue_with_a_backlog_does_not_make_the_worker_busy_poll_the_store(
     adb: kvqueue.AsyncDatabase, logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,9 @@ class _LocalQueues:
         self._db = db
         self._account = account
         self.lease_ms = db.lease_ms
+        #: Per queue, the storage's queue_changes when its record last let us
+        #: consume: until that moves, the record still does (no read per batch).
+        self._open_at: dict[str, int] = {}
 
     async def claim(self, queue: str, consumer: Consumer) -> Consumer:
         return await self._db.queues_of(self._account).claim_worker(queue, consumer)
@@ -86,6 +89,10 @@ class _LocalQueues:
         )
 
     async def refusal(self, queue: str, consumer: Consumer) -> str | None:
+        seen = self._db.storage.queue_changes
+        if seen is not None and self._open_at.get(queue) == seen:
+            return None
+        self._open_at.pop(queue, None)
         records = await self._db.storage.queues([stored_name(self._account, queue)])
         if not records:
             return "it was deleted"
@@ -94,6 +101,8 @@ class _LocalQueues:
             return "its consumer was removed or replaced"
         if records[0].settings.paused:
             return "delivery is paused"
+        if seen is not None:
+            self._open_at[queue] = seen
         return None
 
     async def close(self) -> None:

@@ -227,6 +227,11 @@ class KvConnectStorage:
         """See :attr:`kvqueue.storage.base.Storage.changes`: the server tracks changes."""
         return 0
 
+    @property
+    def queue_changes(self) -> int | None:
+        """See :attr:`kvqueue.storage.base.Storage.queue_changes`: not tracked here."""
+        return None
+
     async def wait(
         self,
         queue: str | None,

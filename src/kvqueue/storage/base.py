@@ -127,6 +127,14 @@ class Storage(Protocol):
         queue and pass it to :meth:`wait` as ``since``."""
         ...
 
+    @property
+    def queue_changes(self) -> int | None:
+        """A count of the change signals that may have changed a queue's record
+        (created, updated, paused, deleted it or set its consumer), here or in
+        another process; a subset of :attr:`changes`. While it stays put, a
+        queue record read before still holds. None: not tracked (read again)."""
+        ...
+
     async def wait(
         self,
         queue: str | None,

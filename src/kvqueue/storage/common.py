@@ -48,14 +48,18 @@ class Signal:
         #: How many times it has fired: a caller that read this before looking
         #: at the store knows whether anything changed since.
         self.fired = 0
+        #: How many of those firings may have changed a queue's record.
+        self.queue_changes = 0
 
     def current(self) -> asyncio.Event:
         """The event the next :meth:`fire` sets; take it before looking at the store."""
         return self._event
 
-    def fire(self) -> None:
-        """Wake every waiter."""
+    def fire(self, *, queues: bool = True) -> None:
+        """Wake every waiter. ``queues``: the change may have created, changed or
+        deleted a queue, or set its consumer (when in doubt, it may have)."""
         self.fired += 1
+        self.queue_changes += queues
         self._event.set()
         self._event = asyncio.Event()
 
@@ -79,6 +83,11 @@ class Waits:
     def changes(self) -> int:
         """See :attr:`kvqueue.storage.base.Storage.changes`."""
         return self._signal.fired
+
+    @property
+    def queue_changes(self) -> int | None:
+        """See :attr:`kvqueue.storage.base.Storage.queue_changes`."""
+        return self._signal.queue_changes
 
     async def wait(
         self,

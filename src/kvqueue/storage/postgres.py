@@ -91,6 +91,8 @@ _POOL_SIZE = 8
 _CONNECT_TIMEOUT_S = 30.0
 # Re-measure the offset to the server's clock this often.
 _CLOCK_SYNC_S = 60.0
+# The mark on a NOTIFY of a commit that changed no queue's record.
+_PLAIN = " plain"
 # Back-off between attempts to get the LISTEN connection back.
 _LISTEN_RETRY_S = (0.05, 0.2, 1.0)
 
@@ -280,8 +282,11 @@ class PostgresStorage(Waits):
         )
         self._channel = "kvqueue"
         # Sent with our NOTIFYs so the listener can skip them: the writer has
-        # already woken this process's waiters.
+        # already woken this process's waiters. A commit that cannot have changed
+        # a queue's record says so (a Worker then needs no fresh look at its queue);
+        # a notice without the mark, an older kvqueue's too, may have.
         self._origin = secrets.token_hex(8)
+        self._origin_plain = self._origin + _PLAIN
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = SharedRead(self._read_stats)
@@ -362,6 +367,8 @@ class PostgresStorage(Waits):
                     stopping = True
                     break
                 batch.append(item)
+            # Whether the group may have changed a queue's record (see _PLAIN).
+            queues = any(w is not None and w.queue_changes for _, _, w in batch)
             try:
                 outcomes, changed = await self._commit_group(batch)
             except Exception as exc:
@@ -377,7 +384,7 @@ class PostgresStorage(Waits):
                 else:
                     future.set_result(result)
             if changed:
-                self._signal.fire()
+                self._signal.fire(queues=queues)
 
     async def _commit_group(self, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
         """Commit a group; returns each caller's outcome and whether anything changed."""
@@ -461,7 +468,12 @@ class PostgresStorage(Waits):
         # The NOTIFY is delivered at COMMIT; both in one round trip.
         end_sql = (
             sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
-                sql.Literal(self._channel), sql.Literal(self._origin)
+                sql.Literal(self._channel),
+                sql.Literal(
+                    self._origin
+                    if any(w is not None and w.queue_changes for _, _, w in batch)
+                    else self._origin_plain
+                ),
             )
             if txn.changed
             else sql.SQL("COMMIT")
@@ -490,7 +502,7 @@ class PostgresStorage(Waits):
             [a.queue for a in acks],
             [a.message_id for a in acks],
             self._channel,
-            self._origin,
+            self._origin_plain,
         )
         try:
             row = await (await conn.execute(SQL_ACK, params)).fetchone()
@@ -550,13 +562,13 @@ class PostgresStorage(Waits):
                         end += 1
                     writes = [w for _, _, w in batch[start:end] if w is not None]
                     # It checks its queues' limits itself: a refusal aborts the group.
-                    sends = (*send_columns(writes, now), self._channel, self._origin)
+                    sends = (*send_columns(writes, now), self._channel, self._origin_plain)
                     await conn.execute(SQL_MESSAGES_SEND, sends)
                     notified = True
                     deletes += [[] for _ in writes]
                     start = end
                 if not notified:
-                    await conn.execute(SQL_NOTIFY, (self._channel, self._origin))
+                    await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
                 # The stats senders want, as of this commit: no read of their own.
                 asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
                 reads = [(name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked]
@@ -637,8 +649,9 @@ class PostgresStorage(Waits):
                     failures = 0
                     while True:
                         async for notice in conn.notifies(timeout=_CLOCK_SYNC_S):
-                            if notice.payload != self._origin:
-                                self._signal.fire()
+                            origin, _, kind = notice.payload.partition(" ")
+                            if origin != self._origin:
+                                self._signal.fire(queues=kind != _PLAIN.strip())
                         if isinstance(self.clock, ServerClock):
                             await self.clock.sync(conn)
                 finally:

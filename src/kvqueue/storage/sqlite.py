@@ -15,7 +15,8 @@ Durability and concurrency, in short:
   in parallel with the writer (WAL snapshots).
 * Several processes may open one file: ``BEGIN IMMEDIATE`` serialises their
   writers, and a watch on the ``-wal`` file wakes listeners in every process
-  when any of them commits.
+  when any of them commits (once ``PRAGMA data_version`` shows the commit, so
+  that what they read then includes it).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ T = TypeVar("T")
 _MAX_GROUP = 512
 _BUSY_TIMEOUT_MS = 60_000
 _READER_THREADS = 2
+# How often, and how many times, a write to the WAL is looked at until its commit
+# is visible: 50 ms in all, more than a sync takes.
+_VISIBLE_RETRY_S = 0.002
+_VISIBLE_TRIES = 25
 
 # --- SQL ----------------------------------------------------------------------
 SQL_KV_LIVE_VERSION = """
@@ -408,6 +413,10 @@ class SqliteStorage(Waits):
         self._pool = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="kvqueue-reader")
         self._writer: _Writer | None = None
         self._watch: FileWatch | None = None
+        #: A connection that only reads PRAGMA data_version (see _wal_written).
+        self._versions: sqlite3.Connection | None = None
+        self._seen_version = 0
+        self._settling: asyncio.TimerHandle | None = None
         #: The schema version before and after :meth:`open` migrated the file.
         self.schema_versions = (0, 0)
 
@@ -426,8 +435,41 @@ class SqliteStorage(Waits):
         storage._writer = _Writer(
             storage.path, storage._durable, storage.clock, storage._signal.fire
         )
-        storage._watch = FileWatch(storage.path + "-wal", storage._signal.fire)
+        storage._versions = sqlite3.connect(storage.path, isolation_level=None)
+        storage._seen_version = storage._data_version()
+        storage._watch = FileWatch(storage.path + "-wal", storage._wal_written)
         return storage
+
+    def _data_version(self) -> int:
+        assert self._versions is not None
+        version: int = self._versions.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _wal_written(self, tries: int = _VISIBLE_TRIES) -> None:
+        """Someone wrote to the WAL: wake the waiters as each commit becomes readable.
+
+        The write comes before the commit is visible (SQLite syncs the file first),
+        and a waiter woken too early would find nothing and sleep until its next
+        recheck. So ``data_version`` (which moves with every commit of another
+        connection, the writer's included) is read now and then every few
+        milliseconds for a while after the last write, and every move wakes them.
+        """
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
+        if self._closed:
+            return
+        try:
+            version = self._data_version()
+        except sqlite3.Error:
+            self._signal.fire()
+            return
+        if version != self._seen_version:
+            self._seen_version = version
+            self._signal.fire()
+        if tries > 1:
+            loop = asyncio.get_running_loop()
+            self._settling = loop.call_later(_VISIBLE_RETRY_S, self._wal_written, tries - 1)
 
     def _prepare(self) -> tuple[int, int]:
         conn = _connect(self.path, durable=self._durable)
@@ -628,6 +670,10 @@ class SqliteStorage(Waits):
         await asyncio.gather(*self._stats.tasks, return_exceptions=True)
         if self._watch is not None:
             self._watch.close()
+        if self._settling is not None:
+            self._settling.cancel()
+        if self._versions is not None:
+            self._versions.close()
         if self._writer is not None:
             await self._writer.close()
         self._pool.shutdown(wait=True)
