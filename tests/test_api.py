@@ -24,7 +24,7 @@ def test_sync_database_has_every_async_method() -> None:
         for name, member in inspect.getmembers(kvqueue.AsyncDatabase, inspect.isfunction)
         if not name.startswith("_")
     }
-    internal = {"commit_write", "shutdown", "wait_closed", "on_closed"}
+    internal = {"commit_write", "commit_stored", "shutdown", "wait_closed", "on_closed"}
     for name, method in async_methods.items():
         if name in internal:
             continue
