@@ -15,8 +15,8 @@ Durability and concurrency, in short:
   in parallel with the writer (WAL snapshots).
 * Several processes may open one file: ``BEGIN IMMEDIATE`` serialises their
   writers, and a watch on the ``-wal`` file wakes listeners in every process
-  when any of them commits (once ``PRAGMA data_version`` shows the commit, so
-  that what they read then includes it).
+  when any of them commits, and again once ``PRAGMA data_version`` shows the
+  commit, so that what they read then includes it.
 """
 
 from __future__ import annotations
@@ -432,11 +432,9 @@ class SqliteStorage(Waits):
         except BaseException:
             storage._pool.shutdown()
             raise
-        storage._writer = _Writer(
-            storage.path, storage._durable, storage.clock, storage._signal.fire
-        )
         storage._versions = sqlite3.connect(storage.path, isolation_level=None)
         storage._seen_version = storage._data_version()
+        storage._writer = _Writer(storage.path, storage._durable, storage.clock, storage._committed)
         storage._watch = FileWatch(storage.path + "-wal", storage._wal_written)
         return storage
 
@@ -445,15 +443,28 @@ class SqliteStorage(Waits):
         version: int = self._versions.execute("PRAGMA data_version").fetchone()[0]
         return version
 
-    def _wal_written(self, tries: int = _VISIBLE_TRIES) -> None:
-        """Someone wrote to the WAL: wake the waiters as each commit becomes readable.
+    def _committed(self) -> None:
+        """Our writer committed: wake the waiters, and take the commit's data_version
+        as seen, so that watching it does not wake them once more (anything another
+        process committed meanwhile is readable by then: this wake-up covers it)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._seen_version = self._data_version()
+        self._signal.fire()
 
-        The write comes before the commit is visible (SQLite syncs the file first),
-        and a waiter woken too early would find nothing and sleep until its next
-        recheck. So ``data_version`` (which moves with every commit of another
-        connection, the writer's included) is read now and then every few
-        milliseconds for a while after the last write, and every move wakes them.
+    def _wal_written(self) -> None:
+        """Someone wrote to the WAL: wake the waiters now, and again once the commit
+        can be read.
+
+        The write comes before the commit is visible (SQLite syncs the file first).
+        A lease waits for the writer's lock, so it sees the commit anyway; a read
+        (a queue's record, say) may not, and a waiter acting on it would then sleep
+        until its next recheck. So ``data_version``, which moves with every commit
+        of another connection, is also watched for a while after each write.
         """
+        self._signal.fire()
+        self._watch_version(_VISIBLE_TRIES)
+
+    def _watch_version(self, tries: int) -> None:
         if self._settling is not None:
             self._settling.cancel()
             self._settling = None
@@ -462,14 +473,13 @@ class SqliteStorage(Waits):
         try:
             version = self._data_version()
         except sqlite3.Error:
-            self._signal.fire()
             return
         if version != self._seen_version:
             self._seen_version = version
             self._signal.fire()
         if tries > 1:
             loop = asyncio.get_running_loop()
-            self._settling = loop.call_later(_VISIBLE_RETRY_S, self._wal_written, tries - 1)
+            self._settling = loop.call_later(_VISIBLE_RETRY_S, self._watch_version, tries - 1)
 
     def _prepare(self) -> tuple[int, int]:
         conn = _connect(self.path, durable=self._durable)
