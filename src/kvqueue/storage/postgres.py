@@ -367,8 +367,7 @@ class PostgresStorage(Waits):
                     stopping = True
                     break
                 batch.append(item)
-            # Whether the group may have changed a queue's record (see _PLAIN).
-            queues = any(w is not None and w.queue_changes for _, _, w in batch)
+            queues = _changes_queues(batch)
             try:
                 outcomes, changed = await self._commit_group(batch)
             except Exception as exc:
@@ -469,11 +468,7 @@ class PostgresStorage(Waits):
         end_sql = (
             sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
                 sql.Literal(self._channel),
-                sql.Literal(
-                    self._origin
-                    if any(w is not None and w.queue_changes for _, _, w in batch)
-                    else self._origin_plain
-                ),
+                sql.Literal(self._origin if _changes_queues(batch) else self._origin_plain),
             )
             if txn.changed
             else sql.SQL("COMMIT")
@@ -858,6 +853,11 @@ def _stats(row: Sequence[Any] | None) -> model.QueueStats | None:
         return None
     retried, dead_lettered, count, size, oldest, in_flight = row
     return model.QueueStats(count, size, oldest, in_flight, retried, dead_lettered)
+
+
+def _changes_queues(batch: Sequence[_Pending]) -> bool:
+    """Whether a group may change a queue's record (its NOTIFY then lacks _PLAIN)."""
+    return any(w is not None and w.queue_changes for _, _, w in batch)
 
 
 def _pipelinable(write: model.AtomicWrite) -> bool:

@@ -426,14 +426,15 @@ class SqliteStorage(Waits):
         storage = cls(path, clock=clock)
         try:
             storage.schema_versions = await asyncio.to_thread(storage._prepare)
-        except sqlite3.Error as exc:
+            storage._versions = sqlite3.connect(storage.path, isolation_level=None)
+            storage._seen_version = storage._data_version()
+        except BaseException as exc:
             storage._pool.shutdown()
-            raise errors.StorageError(f"cannot open {path!r}: {exc}") from exc
-        except BaseException:
-            storage._pool.shutdown()
+            if storage._versions is not None:
+                storage._versions.close()
+            if isinstance(exc, sqlite3.Error):
+                raise errors.StorageError(f"cannot open {path!r}: {exc}") from exc
             raise
-        storage._versions = sqlite3.connect(storage.path, isolation_level=None)
-        storage._seen_version = storage._data_version()
         storage._writer = _Writer(storage.path, storage._durable, storage.clock, storage._committed)
         storage._watch = FileWatch(storage.path + "-wal", storage._wal_written)
         return storage
