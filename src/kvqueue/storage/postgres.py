@@ -91,8 +91,8 @@ _POOL_SIZE = 8
 _CONNECT_TIMEOUT_S = 30.0
 # Re-measure the offset to the server's clock this often.
 _CLOCK_SYNC_S = 60.0
-# The mark on a NOTIFY of a commit that changed no queue's record.
-_PLAIN = " plain"
+# The mark on a NOTIFY of a commit that changed no queue's record ("<origin> plain").
+_PLAIN = "plain"
 # Back-off between attempts to get the LISTEN connection back.
 _LISTEN_RETRY_S = (0.05, 0.2, 1.0)
 
@@ -286,7 +286,7 @@ class PostgresStorage(Waits):
         # a queue's record says so (a Worker then needs no fresh look at its queue);
         # a notice without the mark, an older kvqueue's too, may have.
         self._origin = secrets.token_hex(8)
-        self._origin_plain = self._origin + _PLAIN
+        self._origin_plain = f"{self._origin} {_PLAIN}"
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = SharedRead(self._read_stats)
@@ -646,7 +646,7 @@ class PostgresStorage(Waits):
                         async for notice in conn.notifies(timeout=_CLOCK_SYNC_S):
                             origin, _, kind = notice.payload.partition(" ")
                             if origin != self._origin:
-                                self._signal.fire(queues=kind != _PLAIN.strip())
+                                self._signal.fire(queues=kind != _PLAIN)
                         if isinstance(self.clock, ServerClock):
                             await self.clock.sync(conn)
                 finally:

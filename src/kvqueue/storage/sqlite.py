@@ -64,8 +64,8 @@ T = TypeVar("T")
 _MAX_GROUP = 512
 _BUSY_TIMEOUT_MS = 60_000
 _READER_THREADS = 2
-# How often, and how many times, a write to the WAL is looked at until its commit
-# is visible: 50 ms in all, more than a sync takes.
+# After each write to the WAL, data_version is looked at this often, this many
+# times: 50 ms in all, more than the sync before a commit is visible takes.
 _VISIBLE_RETRY_S = 0.002
 _VISIBLE_TRIES = 25
 
