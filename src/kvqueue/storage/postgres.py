@@ -538,37 +538,50 @@ class PostgresStorage(Waits):
         deletes: list[list[tuple[list[model.Ack], Any]]] = []
         notified = committing = False
         try:
+            # A statement PostgreSQL refuses inside the block is kept until the pipeline
+            # has ended: raised through it, psycopg would log the pipeline's own
+            # error as well ("error ignored terminating").
+            failure: psycopg.Error | None = None
             async with conn.pipeline():
-                await conn.execute("BEGIN")
-                bumped = await conn.execute(SQL_BUMP, (len(batch),))
-                start = 0
-                while start < len(batch):
-                    write = batch[start][2]
-                    assert write is not None
-                    if is_plain_ack(write):
-                        acks = [s for s in write.settlements if isinstance(s, model.Ack)]
-                        deletes.append(
-                            [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
-                        )
-                        start += 1
-                        continue
-                    end = start + 1
-                    while end < len(batch) and (write := batch[end][2]) and is_plain_send(write):
-                        end += 1
-                    writes = [w for _, _, w in batch[start:end] if w is not None]
-                    # It checks its queues' limits itself: a refusal aborts the group.
-                    sends = (*send_columns(writes, now), self._channel, self._origin_plain)
-                    await conn.execute(SQL_MESSAGES_SEND, sends)
-                    notified = True
-                    deletes += [[] for _ in writes]
-                    start = end
-                if not notified:
-                    await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
-                # The stats senders want, as of this commit: no read of their own.
-                asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
-                reads = [(name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked]
-                committing = True
-                await conn.execute("COMMIT")
+                try:
+                    await conn.execute("BEGIN")
+                    bumped = await conn.execute(SQL_BUMP, (len(batch),))
+                    start = 0
+                    while start < len(batch):
+                        write = batch[start][2]
+                        assert write is not None
+                        if is_plain_ack(write):
+                            acks = [s for s in write.settlements if isinstance(s, model.Ack)]
+                            deletes.append(
+                                [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
+                            )
+                            start += 1
+                            continue
+                        end = start + 1
+                        while (
+                            end < len(batch) and (write := batch[end][2]) and is_plain_send(write)
+                        ):
+                            end += 1
+                        writes = [w for _, _, w in batch[start:end] if w is not None]
+                        # It checks its queues' limits itself: a refusal aborts the group.
+                        sends = (*send_columns(writes, now), self._channel, self._origin_plain)
+                        await conn.execute(SQL_MESSAGES_SEND, sends)
+                        notified = True
+                        deletes += [[] for _ in writes]
+                        start = end
+                    if not notified:
+                        await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
+                    # The stats senders want, as of this commit: no read of their own.
+                    asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
+                    reads = [
+                        (name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked
+                    ]
+                    committing = True
+                    await conn.execute("COMMIT")
+                except psycopg.Error as exc:
+                    failure = exc
+            if failure is not None:
+                raise failure
             row = await bumped.fetchone()
             assert row is not None
             first = int(row[0]) - len(batch)
