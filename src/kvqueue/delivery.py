@@ -124,8 +124,9 @@ class Source(Protocol):
         """
         ...
 
-    async def wait_for_change(self, *, timeout_ms: int) -> None:
-        """Return when anything may have changed (the gate may open)."""
+    async def wait_for_change(self, *, timeout_ms: int, since: int | None = None) -> None:
+        """Return when anything may have changed (the gate may open); at once if
+        :meth:`changes` has moved past ``since`` (read before the gate looked)."""
         ...
 
 
@@ -196,9 +197,9 @@ class StorageSource:
         """See :meth:`Source.wait`."""
         await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms, since=since)
 
-    async def wait_for_change(self, *, timeout_ms: int) -> None:
+    async def wait_for_change(self, *, timeout_ms: int, since: int | None = None) -> None:
         """See :meth:`Source.wait_for_change`."""
-        await self._storage.wait(None, timeout_ms=timeout_ms)
+        await self._storage.wait(None, timeout_ms=timeout_ms, since=since)
 
     async def settle(self, decisions: Sequence[Decision]) -> None:
         """See :meth:`Source.settle`: writes that need no lease check share one commit."""
@@ -319,10 +320,12 @@ class Engine:
                     await first_of(self._slot_free.wait(), self._stop.wait())
                     continue
                 try:
+                    # Read before the gate looks: a change landing while it looks wakes us.
+                    seen = self._source.changes()
                     if self._gate is not None and not await self._gate():
                         # Paused, gone, or no longer ours: any commit may change that.
                         await first_of(
-                            self._source.wait_for_change(timeout_ms=_IDLE_RECHECK_MS),
+                            self._source.wait_for_change(timeout_ms=_IDLE_RECHECK_MS, since=seen),
                             self._stop.wait(),
                         )
                         continue

@@ -211,7 +211,7 @@ class RemoteSource:
         # asyncio.wait, unlike awaiting the task, leaves it running if this is cancelled.
         await asyncio.wait({self._ahead})
 
-    async def wait_for_change(self, *, timeout_ms: int) -> None:
+    async def wait_for_change(self, *, timeout_ms: int, since: int | None = None) -> None:
         """See :meth:`kvqueue.delivery.Source.wait_for_change`: look again shortly.
 
         In real time, as a local worker's gate waits: the server's state does not
