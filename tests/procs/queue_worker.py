@@ -38,7 +38,8 @@ def main() -> None:
             say(f"handling {message.id} {message.body}")
         batch.messages[0].ack()
         if role == "victim" and hung.acquire(blocking=False):
-            say(f"hanging {batch.messages[0].id}")
+            # The whole batch on one line: other batches' lines may come in between.
+            say("hanging " + " ".join(message.id for message in batch.messages))
             threading.Event().wait()
         for message in batch.messages:
             say(f"handled {message.id}")
