@@ -177,7 +177,8 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
             for bound in [None] * 7 + [7, 8]:
                 lease = _lease_params(db, f"l{len(taken)}", limit=10, max_leases=bound)
                 rows = conn.execute(SQL_MESSAGE_LEASE.encode(), lease).fetchall()
-                taken.append(sorted(row[0] for row in rows))
+                # A lease that takes nothing answers with one row of its own (seq NULL).
+                taken.append(sorted(row[0] for row in rows if row[0] is not None))
         assert [len(batch) for batch in taken] == [10] * 7 + [0, 10]
         flat = [seq for batch in taken for seq in batch]
         assert flat == sorted(flat), "a lease did not take the oldest messages left"
@@ -204,6 +205,7 @@ async def test_a_lease_does_not_wait_for_its_wal_flush(pg_url: str) -> None:
             for n in range(20):
                 lease = _lease_params(db, f"l{n}", limit=1, max_leases=None)
                 taken = await (await conn.execute(SQL_MESSAGE_LEASE.encode(), lease)).fetchall()
+                assert taken[0][0] is not None
                 assert len(taken) == 1
                 behind = await (
                     await conn.execute(
@@ -349,3 +351,70 @@ def test_a_worker_and_producers_carry_on_through_a_server_restart(tmp_path: Path
             _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert len(set(started)) == 3, "the server did not restart"
+
+
+async def test_acks_from_another_process_wake_only_consumers_bounded_across_processes(
+    pg_url: str,
+) -> None:
+    """Another process's ack (its NOTIFY says "acks") can make no message deliverable, so
+    an idle consumer without a concurrency bound sleeps on through it; one bounded across
+    processes wakes (the ack may have freed its slot). A send wakes both."""
+    async with await kvqueue.open_async(pg_url) as other:
+        await other.queues.create("jobs")
+        q = other.queue("jobs")
+        await q.send_batch(["a", "b"])
+        held = (await q.pull(2)).messages
+        assert len(held) == 2
+        # Opened after the setup: none of its notices is still on the way here.
+        async with await kvqueue.open_async(pg_url) as waiting:
+            storage = waiting.storage
+            changes, arrivals = storage.changes, storage.arrivals
+            unbounded = asyncio.create_task(
+                storage.wait("jobs", timeout_ms=20_000, since=arrivals, acks=False)
+            )
+            bounded = asyncio.create_task(
+                storage.wait("jobs", timeout_ms=20_000, since=changes, acks=True)
+            )
+            await asyncio.sleep(0)
+            assert not unbounded.done()
+            assert not bounded.done()
+            acked = await q.ack(acks=[held[0].lease_id])
+            assert acked.ack_count == 1
+            await asyncio.wait_for(bounded, 10)
+            assert storage.changes > changes
+            assert storage.arrivals == arrivals
+            assert not unbounded.done()
+            await q.send("c")
+            await asyncio.wait_for(unbounded, 10)
+            assert storage.arrivals > arrivals
+
+
+async def test_a_wait_after_an_empty_lease_needs_no_read_of_its_own(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease that takes nothing brings back the queue's next visible time, so the wait
+    after it, until a delayed message is due, makes no round trip of its own; it still
+    ends when the message is due, not at its timeout."""
+    async with await kvqueue.open_async(pg_url) as other:
+        await other.queues.create("jobs")
+        await other.queue("jobs").send("later", delay_seconds=1)
+        # Opened after the send: none of its notices is still on the way here.
+        async with await kvqueue.open_async(pg_url) as db:
+            storage = db.storage
+            since = storage.arrivals
+            looked_at = storage.clock.now_ms()
+            assert await storage.lease("jobs", lease="l", limit=10, lease_ms=30_000) == []
+
+            async def no_read(fn: object) -> object:
+                raise AssertionError("a round trip of its own")
+
+            monkeypatch.setattr(storage, "_run", no_read)
+            await asyncio.wait_for(
+                storage.wait(
+                    "jobs", timeout_ms=20_000, after_ms=looked_at, since=since, acks=False
+                ),
+                10,
+            )
+            monkeypatch.undo()
+            taken = await storage.lease("jobs", lease="l", limit=10, lease_ms=30_000)
+            assert [m.body for m in taken] == [b'"later"']

@@ -140,7 +140,8 @@ class StorageSource:
     """A queue of a storage, retried by ``policy``: the source of every local consumer.
 
     With ``max_leases``, no lease is granted while that many other leases hold
-    messages of the queue, across every process sharing the storage.
+    messages of the queue, across every process sharing the storage; only then
+    does another consumer's ack wake it (it may free a lease).
     """
 
     def __init__(
@@ -158,6 +159,8 @@ class StorageSource:
         self._policy = policy
         self._lease_ms = lease_ms
         self._max_leases = max_leases
+        # Only a bounded consumer waits for acks: one may free a lease.
+        self._acks = max_leases is not None
 
     async def lease(self, lease: str, limit: int) -> list[model.LeasedMessage]:
         """See :meth:`Source.lease`."""
@@ -184,7 +187,7 @@ class StorageSource:
 
     def changes(self) -> int:
         """See :meth:`Source.changes`."""
-        return self._storage.changes
+        return self._storage.changes if self._acks else self._storage.arrivals
 
     async def wait(
         self,
@@ -195,11 +198,17 @@ class StorageSource:
         fill: tuple[str, int] | None = None,
     ) -> None:
         """See :meth:`Source.wait`."""
-        await self._storage.wait(self._queue, timeout_ms=timeout_ms, after_ms=after_ms, since=since)
+        await self._storage.wait(
+            self._queue,
+            timeout_ms=timeout_ms,
+            after_ms=after_ms,
+            since=since,
+            acks=self._acks,
+        )
 
     async def wait_for_change(self, *, timeout_ms: int, since: int | None = None) -> None:
-        """See :meth:`Source.wait_for_change`."""
-        await self._storage.wait(None, timeout_ms=timeout_ms, since=since)
+        """See :meth:`Source.wait_for_change`: acks change no queue's record."""
+        await self._storage.wait(None, timeout_ms=timeout_ms, since=since, acks=self._acks)
 
     async def settle(self, decisions: Sequence[Decision]) -> None:
         """See :meth:`Source.settle`: writes that need no lease check share one commit."""

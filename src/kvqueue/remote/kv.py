@@ -232,6 +232,11 @@ class KvConnectStorage:
         """See :attr:`kvqueue.storage.base.Storage.queue_changes`: not tracked here."""
         return None
 
+    @property
+    def arrivals(self) -> int:
+        """See :attr:`kvqueue.storage.base.Storage.arrivals`: the server tracks changes."""
+        return 0
+
     async def wait(
         self,
         queue: str | None,
@@ -239,6 +244,7 @@ class KvConnectStorage:
         timeout_ms: int,
         after_ms: int | None = None,
         since: int | None = None,
+        acks: bool = True,
     ) -> None:
         """See :meth:`kvqueue.storage.base.Storage.wait`: the next lease waits on the
         server instead (a long poll)."""

@@ -135,6 +135,13 @@ class Storage(Protocol):
         queue record read before still holds. None: not tracked (read again)."""
         ...
 
+    @property
+    def arrivals(self) -> int:
+        """A count of the change signals that may have made a message deliverable:
+        all of :attr:`changes` but commits of nothing but acks (where the backend
+        can tell). Pass it to :meth:`wait` as ``since`` with ``acks=False``."""
+        ...
+
     async def wait(
         self,
         queue: str | None,
@@ -142,6 +149,7 @@ class Storage(Protocol):
         timeout_ms: int,
         after_ms: int | None = None,
         since: int | None = None,
+        acks: bool = True,
     ) -> None:
         """Return when something may have changed, or after ``timeout_ms``.
 
@@ -153,7 +161,9 @@ class Storage(Protocol):
         spinning. With ``since`` (a :attr:`changes` value read before the
         caller looked), it returns at once if a change came after that look,
         even within the same millisecond. Without a queue: when any change may
-        have been committed.
+        have been committed. With ``acks`` False, a commit of nothing but acks
+        does not count (it can make no message deliverable; only a consumer bounded
+        across processes waits for one), and ``since`` is an :attr:`arrivals` value.
         ``timeout_ms`` is real time: a safety net for a missed wake-up, not a
         schedule. Only a hint: callers re-check, and correctness never depends
         on it.

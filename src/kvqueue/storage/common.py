@@ -45,23 +45,34 @@ class Signal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._arrival = asyncio.Event()
         #: How many times it has fired: a caller that read this before looking
         #: at the store knows whether anything changed since.
         self.fired = 0
         #: How many of those firings may have changed a queue's record.
         self.queue_changes = 0
+        #: How many of those firings may have made a message deliverable: all but
+        #: commits of nothing but acks.
+        self.arrivals = 0
 
-    def current(self) -> asyncio.Event:
-        """The event the next :meth:`fire` sets; take it before looking at the store."""
-        return self._event
+    def current(self, *, acks: bool = True) -> asyncio.Event:
+        """The event the next :meth:`fire` sets (``acks`` False: the next that may
+        make a message deliverable); take it before looking at the store."""
+        return self._event if acks else self._arrival
 
-    def fire(self, *, queues: bool = True) -> None:
+    def fire(self, *, queues: bool = True, arrivals: bool = True) -> None:
         """Wake every waiter. ``queues``: the change may have created, changed or
-        deleted a queue, or set its consumer (when in doubt, it may have)."""
+        deleted a queue, or set its consumer (when in doubt, it may have).
+        ``arrivals``: it may have made a message deliverable (False only for a
+        commit of nothing but acks)."""
         self.fired += 1
         self.queue_changes += queues
         self._event.set()
         self._event = asyncio.Event()
+        if arrivals:
+            self.arrivals += 1
+            self._arrival.set()
+            self._arrival = asyncio.Event()
 
 
 class Waits:
@@ -89,6 +100,11 @@ class Waits:
         """See :attr:`kvqueue.storage.base.Storage.queue_changes`."""
         return self._signal.queue_changes
 
+    @property
+    def arrivals(self) -> int:
+        """See :attr:`kvqueue.storage.base.Storage.arrivals`."""
+        return self._signal.arrivals
+
     async def wait(
         self,
         queue: str | None,
@@ -96,11 +112,13 @@ class Waits:
         timeout_ms: int,
         after_ms: int | None = None,
         since: int | None = None,
+        acks: bool = True,
     ) -> None:
         """See :meth:`kvqueue.storage.base.Storage.wait`."""
         # Take the event before looking, so a commit landing after the look wakes us.
-        event = self._signal.current()
-        if since is not None and self._signal.fired != since:
+        event = self._signal.current(acks=acks)
+        seen = self._signal.fired if acks else self._signal.arrivals
+        if since is not None and seen != since:
             return  # something changed after the caller looked: look again
         upcoming: int | None = None
         if queue is not None:
@@ -185,6 +203,19 @@ def is_plain_send(write: model.AtomicWrite) -> bool:
         or write.queue_changes
         or write.mutations
         or write.settlements
+    )
+
+
+def is_plain_ack(write: model.AtomicWrite) -> bool:
+    """Only acks: such a write needs nothing read before it applies, and it can
+    make no message deliverable."""
+    return bool(write.settlements) and not (
+        write.checks
+        or write.lease_checks
+        or write.queue_changes
+        or write.mutations
+        or write.enqueues
+        or any(not isinstance(s, model.Ack) for s in write.settlements)
     )
 
 

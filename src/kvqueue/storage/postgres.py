@@ -25,7 +25,11 @@ How it stays correct with many writers:
   every process. A lease is one statement (``kvqueue_lease``), so one round
   trip, bound or not.
 * A commit that changed something sends ``NOTIFY``; every process LISTENs on
-  a connection of its own and wakes its waiters within a millisecond.
+  a connection of its own and wakes its waiters within a millisecond. The
+  notice says what the commit cannot have done: changed a queue's record
+  (``plain``), or that and made a message deliverable either (``acks``: nothing
+  but acks), so an idle consumer without a concurrency bound sleeps on through
+  other consumers' acks.
 * Times come from the database server's clock (:class:`ServerClock`), so
   machines whose clocks disagree still agree on lease deadlines and delays.
 * A lost connection is replaced. Work that had not reached COMMIT is retried
@@ -60,6 +64,7 @@ from kvqueue.storage.common import (
     Signal,
     Waits,
     check_schema_version,
+    is_plain_ack,
     is_plain_send,
     migration_scripts,
     queue_record,
@@ -73,7 +78,6 @@ from kvqueue.storage.postgres_writes import (
     apply_sends,
     apply_write,
     delete_acked,
-    is_plain_ack,
     scalar,
     send_columns,
 )
@@ -91,8 +95,10 @@ _POOL_SIZE = 8
 _CONNECT_TIMEOUT_S = 30.0
 # Re-measure the offset to the server's clock this often.
 _CLOCK_SYNC_S = 60.0
-# The mark on a NOTIFY of a commit that changed no queue's record ("<origin> plain").
+# The marks on a NOTIFY ("<origin> <mark>"): a commit that changed no queue's
+# record, and one of nothing but acks (which made no message deliverable either).
 _PLAIN = "plain"
+_ACKS = "acks"
 # Back-off between attempts to get the LISTEN connection back.
 _LISTEN_RETRY_S = (0.05, 0.2, 1.0)
 
@@ -131,11 +137,23 @@ SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND 
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
 # A lease, whole: settings, the concurrency bound and the UPDATE (see 0005_lease.sql
 # for why each is there).
+# A lease that takes nothing answers with one row of its own instead (seq NULL): the
+# queue's next visible time in its enqueued_at column, for the wait that follows (an
+# idle consumer woken for nothing then makes one round trip, not two).
 SQL_MESSAGE_LEASE = """
-SELECT seq, id, body, content_type, enqueued_at, attempts, attributes
-FROM kvqueue_lease(
-  %(queue)s, %(lease)s, %(until)s, %(now)s, %(limit)s, %(max_leases)s, %(lock)s
+WITH taken AS MATERIALIZED (
+  SELECT * FROM kvqueue_lease(
+    %(queue)s, %(lease)s, %(until)s, %(now)s, %(limit)s, %(max_leases)s, %(lock)s
+  )
 )
+SELECT seq, id, body, content_type, enqueued_at, attempts, attributes FROM taken
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, upcoming.at, NULL, NULL
+FROM (
+  SELECT min(visible_at) AS at FROM kvqueue_messages
+  WHERE queue = %(queue)s AND visible_at > %(now)s
+) AS upcoming
+WHERE NOT EXISTS (SELECT FROM taken)
 """
 SQL_MESSAGES_EXTEND = """
 UPDATE kvqueue_messages AS m SET visible_at = %(until)s
@@ -284,12 +302,17 @@ class PostgresStorage(Waits):
         # Sent with our NOTIFYs so the listener can skip them: the writer has
         # already woken this process's waiters. A commit that cannot have changed
         # a queue's record says so (a Worker then needs no fresh look at its queue);
-        # a notice without the mark, an older kvqueue's too, may have.
+        # a notice without the mark, an older kvqueue's too, may have. So does
+        # one of nothing but acks (an idle consumer without a bound sleeps on).
         self._origin = secrets.token_hex(8)
         self._origin_plain = f"{self._origin} {_PLAIN}"
+        self._origin_acks = f"{self._origin} {_ACKS}"
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = SharedRead(self._read_stats)
+        # Per queue, from its last empty lease: the arrivals count then, and the
+        # queue's next visible time.
+        self._upcoming: dict[str, tuple[int, int | None]] = {}
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None) -> PostgresStorage:
@@ -368,6 +391,7 @@ class PostgresStorage(Waits):
                     break
                 batch.append(item)
             queues = _changes_queues(batch)
+            arrivals = not _only_acks(batch)
             try:
                 outcomes, changed = await self._commit_group(batch)
             except Exception as exc:
@@ -383,7 +407,7 @@ class PostgresStorage(Waits):
                 else:
                     future.set_result(result)
             if changed:
-                self._signal.fire(queues=queues)
+                self._signal.fire(queues=queues, arrivals=arrivals)
 
     async def _commit_group(self, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
         """Commit a group; returns each caller's outcome and whether anything changed."""
@@ -417,7 +441,7 @@ class PostgresStorage(Waits):
 
     async def _apply(self, conn: Connection, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
         applied = None
-        if all(w is not None and is_plain_ack(w) for _, _, w in batch):
+        if _only_acks(batch):
             applied = await self._apply_acks(conn, batch)
         elif _PIPELINES and all(w is not None and _pipelinable(w) for _, _, w in batch):
             applied = await self._apply_pipelined(conn, batch)
@@ -497,7 +521,7 @@ class PostgresStorage(Waits):
             [a.queue for a in acks],
             [a.message_id for a in acks],
             self._channel,
-            self._origin_plain,
+            self._origin_acks,
         )
         try:
             row = await (await conn.execute(SQL_ACK, params)).fetchone()
@@ -659,7 +683,9 @@ class PostgresStorage(Waits):
                         async for notice in conn.notifies(timeout=_CLOCK_SYNC_S):
                             origin, _, kind = notice.payload.partition(" ")
                             if origin != self._origin:
-                                self._signal.fire(queues=kind != _PLAIN)
+                                self._signal.fire(
+                                    queues=kind not in (_PLAIN, _ACKS), arrivals=kind != _ACKS
+                                )
                         if isinstance(self.clock, ServerClock):
                             await self.clock.sync(conn)
                 finally:
@@ -734,6 +760,10 @@ class PostgresStorage(Waits):
             return await cursor.fetchall()
 
         rows = await self._run(run)
+        if len(rows) == 1 and rows[0][0] is None:
+            # Good until a change may have made a message deliverable sooner.
+            self._upcoming[queue] = (self._signal.arrivals, rows[0][4])
+            return []
         rows.sort(key=lambda row: row[0])
         return [
             model.LeasedMessage(queue, mid, body, ctype, enq, attempts, lease, attrs)
@@ -813,6 +843,12 @@ class PostgresStorage(Waits):
         return await self._run(run)
 
     async def _next_visible(self, queue: str, since: int) -> int | None:
+        known = self._upcoming.pop(queue, None)
+        if known is not None and known[0] == self._signal.arrivals:
+            # From the empty lease just made (later than ``since``: what was visible
+            # then and not taken, another consumer was taking).
+            return known[1]
+
         async def run(conn: Connection) -> int | None:
             found: int | None = await scalar(conn, SQL_MESSAGE_NEXT_VISIBLE, (queue, since))
             return found
@@ -871,6 +907,11 @@ def _stats(row: Sequence[Any] | None) -> model.QueueStats | None:
 def _changes_queues(batch: Sequence[_Pending]) -> bool:
     """Whether a group may change a queue's record (its NOTIFY then lacks _PLAIN)."""
     return any(w is not None and w.queue_changes for _, _, w in batch)
+
+
+def _only_acks(batch: Sequence[_Pending]) -> bool:
+    """Whether a group is nothing but acks (its NOTIFY is then marked _ACKS)."""
+    return all(w is not None and is_plain_ack(w) for _, _, w in batch)
 
 
 def _pipelinable(write: model.AtomicWrite) -> bool:

@@ -212,18 +212,6 @@ async def apply_write(txn: Txn, write: model.AtomicWrite) -> model.Committed:
     return model.Committed(versionstamp(version), settled)
 
 
-def is_plain_ack(write: model.AtomicWrite) -> bool:
-    """Only acks: such a write needs nothing read before it applies."""
-    return bool(write.settlements) and not (
-        write.checks
-        or write.lease_checks
-        or write.queue_changes
-        or write.mutations
-        or write.enqueues
-        or any(not isinstance(s, model.Ack) for s in write.settlements)
-    )
-
-
 async def apply_sends(txn: Txn, writes: Sequence[model.AtomicWrite]) -> list[Any]:
     """Apply many enqueue-only writes with one INSERT, as if one after another.
 
