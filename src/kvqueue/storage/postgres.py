@@ -136,10 +136,10 @@ ORDER BY key DESC LIMIT %s
 SQL_KV_PURGE_EXPIRED = "DELETE FROM kvqueue_kv WHERE expires_at IS NOT NULL AND expires_at <= %s"
 SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS NOT NULL"
 # A lease, whole: settings, the concurrency bound and the UPDATE (see 0005_lease.sql
-# for why each is there).
-# A lease that takes nothing answers with one row of its own instead (seq NULL): the
-# queue's next visible time in its enqueued_at column, for the wait that follows (an
-# idle consumer woken for nothing then makes one round trip, not two).
+# for why each is there). A lease that takes nothing answers with one row of its own
+# instead (seq NULL): the queue's next visible time in its enqueued_at column, for the
+# wait that follows (an idle consumer woken for nothing then makes one round trip, not
+# two).
 SQL_MESSAGE_LEASE = """
 WITH taken AS MATERIALIZED (
   SELECT * FROM kvqueue_lease(
