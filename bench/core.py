@@ -177,7 +177,10 @@ class Child:
 
     def __init__(self, module: str, *args: str, on_line: Callable[[str], None] | None = None):
         self.module = module
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+        # A PYTHONPATH of the caller's stays first, so children run the same kvqueue
+        # as this process (``PYTHONPATH=<other tree>/src scripts/bench`` compares two).
+        path = [p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
