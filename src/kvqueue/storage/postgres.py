@@ -556,11 +556,7 @@ class PostgresStorage(Waits):
         over its queue's limits, a duplicate id): the transaction is then rolled
         back, and the caller applies the group op by op, refusing each on its own.
         """
-        now = self.clock.now_ms()
-        # Per caller, in order (its version is its place in the group): its acks,
-        # with the cursors that will say what they found.
-        deletes: list[list[tuple[list[model.Ack], Any]]] = []
-        notified = committing = False
+        committing = False
         try:
             # A statement PostgreSQL refuses inside the block is kept until the pipeline
             # has ended: raised through it, psycopg would log the pipeline's own
@@ -570,56 +566,14 @@ class PostgresStorage(Waits):
                 try:
                     await conn.execute("BEGIN")
                     bumped = await conn.execute(SQL_BUMP, (len(batch),))
-                    start = 0
-                    while start < len(batch):
-                        write = batch[start][2]
-                        assert write is not None
-                        if is_plain_ack(write):
-                            acks = [s for s in write.settlements if isinstance(s, model.Ack)]
-                            deletes.append(
-                                [(run, await delete_acked(conn, run)) for run in ack_runs(acks)]
-                            )
-                            start += 1
-                            continue
-                        end = start + 1
-                        while (
-                            end < len(batch) and (write := batch[end][2]) and is_plain_send(write)
-                        ):
-                            end += 1
-                        writes = [w for _, _, w in batch[start:end] if w is not None]
-                        # It checks its queues' limits itself: a refusal aborts the group.
-                        sends = (*send_columns(writes, now), self._channel, self._origin_plain)
-                        await conn.execute(SQL_MESSAGES_SEND, sends)
-                        notified = True
-                        deletes += [[] for _ in writes]
-                        start = end
-                    if not notified:
-                        await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
-                    # The stats senders want, as of this commit: no read of their own.
-                    asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
-                    reads = [
-                        (name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked
-                    ]
+                    deletes, reads = await self._queue_group(conn, batch)
                     committing = True
                     await conn.execute("COMMIT")
                 except psycopg.Error as exc:
                     failure = exc
             if failure is not None:
                 raise failure
-            row = await bumped.fetchone()
-            assert row is not None
-            first = int(row[0]) - len(batch)
-            stats = {name: _stats(await cursor.fetchone()) for name, cursor in reads}
-            outcomes: list[_Outcome] = []
-            for number, ((_, future, write), own) in enumerate(zip(batch, deletes, strict=True), 1):
-                assert write is not None
-                settled = [found for run, cursor in own for found in await acked(cursor, run)]
-                committed = model.Committed(
-                    versionstamp(first + number),
-                    tuple(settled),
-                    None if write.stats_of is None else stats[write.stats_of],
-                )
-                outcomes.append((future, committed, None))
+            return await _pipelined_outcomes(batch, bumped, deletes, reads), True
         except psycopg.Error as exc:
             if conn.broken:
                 if committing:
@@ -628,7 +582,44 @@ class PostgresStorage(Waits):
             with contextlib.suppress(psycopg.Error):
                 await conn.execute("ROLLBACK")
             return None
-        return outcomes, True
+
+    async def _queue_group(
+        self, conn: Connection, batch: list[_Pending]
+    ) -> tuple[list[list[tuple[list[model.Ack], Any]]], list[tuple[str, Any]]]:
+        """Queue a pipelined group's statements, in order, after its BEGIN.
+
+        Returns per caller (its version is its place in the group) its acks with the
+        cursors that will say what they found, and the cursors of the queue stats
+        the senders asked for.
+        """
+        now = self.clock.now_ms()
+        deletes: list[list[tuple[list[model.Ack], Any]]] = []
+        notified = False
+        start = 0
+        while start < len(batch):
+            write = batch[start][2]
+            assert write is not None
+            if is_plain_ack(write):
+                acks = [s for s in write.settlements if isinstance(s, model.Ack)]
+                deletes.append([(run, await delete_acked(conn, run)) for run in ack_runs(acks)])
+                start += 1
+                continue
+            end = start + 1
+            while end < len(batch) and (write := batch[end][2]) and is_plain_send(write):
+                end += 1
+            writes = [w for _, _, w in batch[start:end] if w is not None]
+            # It checks its queues' limits itself: a refusal aborts the group.
+            sends = (*send_columns(writes, now), self._channel, self._origin_plain)
+            await conn.execute(SQL_MESSAGES_SEND, sends)
+            notified = True
+            deletes += [[] for _ in writes]
+            start = end
+        if not notified:
+            await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
+        # The stats senders want, as of this commit: no read of their own.
+        asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
+        reads = [(name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked]
+        return deletes, reads
 
     async def _apply_sends(self, txn: Txn, run: list[_Pending], *, alone: bool) -> list[_Outcome]:
         """Enqueue-only writes of many callers: one INSERT, each still refused on its own.
@@ -894,6 +885,30 @@ class PostgresStorage(Waits):
 
 # Pipeline mode needs libpq 14 or later (psycopg's binary package bundles one).
 _PIPELINES = psycopg.AsyncPipeline.is_supported()
+
+
+async def _pipelined_outcomes(
+    batch: list[_Pending],
+    bumped: Any,
+    deletes: list[list[tuple[list[model.Ack], Any]]],
+    reads: list[tuple[str, Any]],
+) -> list[_Outcome]:
+    """Each caller's Committed, from the cursors of a pipelined group that committed."""
+    row = await bumped.fetchone()
+    assert row is not None
+    first = int(row[0]) - len(batch)
+    stats = {name: _stats(await cursor.fetchone()) for name, cursor in reads}
+    outcomes: list[_Outcome] = []
+    for number, ((_, future, write), own) in enumerate(zip(batch, deletes, strict=True), 1):
+        assert write is not None
+        settled = [found for run, cursor in own for found in await acked(cursor, run)]
+        committed = model.Committed(
+            versionstamp(first + number),
+            tuple(settled),
+            None if write.stats_of is None else stats[write.stats_of],
+        )
+        outcomes.append((future, committed, None))
+    return outcomes
 
 
 def _stats(row: Sequence[Any] | None) -> model.QueueStats | None:
