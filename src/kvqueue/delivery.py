@@ -159,8 +159,11 @@ class StorageSource:
         self._policy = policy
         self._lease_ms = lease_ms
         self._max_leases = max_leases
+
+    @property
+    def _acks(self) -> bool:
         # Only a bounded consumer waits for acks: one may free a lease.
-        self._acks = max_leases is not None
+        return self._max_leases is not None
 
     async def lease(self, lease: str, limit: int) -> list[model.LeasedMessage]:
         """See :meth:`Source.lease`."""

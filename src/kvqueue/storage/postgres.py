@@ -260,6 +260,9 @@ _Op = Callable[[Txn], Awaitable[Any]]
 # An operation, its caller's future, and the atomic write it applies (if it is one).
 _Pending = tuple[_Op, "asyncio.Future[Any]", model.AtomicWrite | None]
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+# Per caller of a pipelined group, in order: its acks, each run with the cursor that
+# will say what it found.
+_Deletes = list[list[tuple[list[model.Ack], Any]]]
 
 
 def _storage_error(message: str, exc: BaseException) -> errors.StorageError:
@@ -585,7 +588,7 @@ class PostgresStorage(Waits):
 
     async def _queue_group(
         self, conn: Connection, batch: list[_Pending]
-    ) -> tuple[list[list[tuple[list[model.Ack], Any]]], list[tuple[str, Any]]]:
+    ) -> tuple[_Deletes, list[tuple[str, Any]]]:
         """Queue a pipelined group's statements, in order, after its BEGIN.
 
         Returns per caller (its version is its place in the group) its acks with the
@@ -593,7 +596,7 @@ class PostgresStorage(Waits):
         the senders asked for.
         """
         now = self.clock.now_ms()
-        deletes: list[list[tuple[list[model.Ack], Any]]] = []
+        deletes: _Deletes = []
         notified = False
         start = 0
         while start < len(batch):
@@ -890,7 +893,7 @@ _PIPELINES = psycopg.AsyncPipeline.is_supported()
 async def _pipelined_outcomes(
     batch: list[_Pending],
     bumped: Any,
-    deletes: list[list[tuple[list[model.Ack], Any]]],
+    deletes: _Deletes,
     reads: list[tuple[str, Any]],
 ) -> list[_Outcome]:
     """Each caller's Committed, from the cursors of a pipelined group that committed."""
