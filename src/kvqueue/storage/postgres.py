@@ -148,11 +148,7 @@ WITH taken AS MATERIALIZED (
 )
 SELECT seq, id, body, content_type, enqueued_at, attempts, attributes FROM taken
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, upcoming.at, NULL, NULL
-FROM (
-  SELECT min(visible_at) AS at FROM kvqueue_messages
-  WHERE queue = %(queue)s AND visible_at > %(now)s
-) AS upcoming
+SELECT NULL, NULL, NULL, NULL, kvqueue_next_visible(%(queue)s, %(now)s), NULL, NULL
 WHERE NOT EXISTS (SELECT FROM taken)
 """
 SQL_MESSAGES_EXTEND = """
@@ -161,9 +157,7 @@ FROM unnest(%(ids)s::text[], %(leases)s::text[]) AS held(id, lease)
 WHERE m.id = ANY(%(ids)s::text[]) AND m.id = held.id AND m.lease = held.lease
 RETURNING m.id
 """
-SQL_MESSAGE_NEXT_VISIBLE = """
-SELECT min(visible_at) FROM kvqueue_messages WHERE queue = %s AND visible_at > %s
-"""
+SQL_MESSAGE_NEXT_VISIBLE = "SELECT kvqueue_next_visible(%s, %s)"
 SQL_MESSAGE_PEEK = """
 SELECT id, body, content_type, enqueued_at, attempts, attributes FROM kvqueue_messages
 WHERE queue = %s ORDER BY visible_at, seq LIMIT %s
@@ -173,12 +167,11 @@ SELECT id, body, content_type, enqueued_at, attempts, attributes, seq FROM kvque
 WHERE queue = %s AND enqueued_at >= %s AND (enqueued_at > %s OR seq > %s)
 ORDER BY enqueued_at, seq LIMIT %s
 """
-SQL_MESSAGE_OLDEST = "SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = %s"
+SQL_MESSAGE_OLDEST = "SELECT kvqueue_oldest(%s)"
 # One statement, so one snapshot and one round trip.
 SQL_QUEUE_STATS = """
 SELECT q.retried, q.dead_lettered, coalesce(b.count, 0), coalesce(b.bytes, 0),
-  (SELECT min(enqueued_at) FROM kvqueue_messages WHERE queue = q.name),
-  kvqueue_in_flight(q.name, %s)
+  kvqueue_oldest(q.name), kvqueue_in_flight(q.name, %s)
 FROM kvqueue_queues AS q LEFT JOIN kvqueue_backlog AS b ON b.queue = q.name
 WHERE q.name = %s
 """
