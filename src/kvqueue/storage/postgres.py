@@ -158,15 +158,8 @@ WHERE m.id = ANY(%(ids)s::text[]) AND m.id = held.id AND m.lease = held.lease
 RETURNING m.id
 """
 SQL_MESSAGE_NEXT_VISIBLE = "SELECT kvqueue_next_visible(%s, %s)"
-SQL_MESSAGE_PEEK = """
-SELECT id, body, content_type, enqueued_at, attempts, attributes FROM kvqueue_messages
-WHERE queue = %s ORDER BY visible_at, seq LIMIT %s
-"""
-SQL_MESSAGE_BROWSE = """
-SELECT id, body, content_type, enqueued_at, attempts, attributes, seq FROM kvqueue_messages
-WHERE queue = %s AND enqueued_at >= %s AND (enqueued_at > %s OR seq > %s)
-ORDER BY enqueued_at, seq LIMIT %s
-"""
+SQL_MESSAGE_PEEK = "SELECT * FROM kvqueue_peek(%s, %s)"
+SQL_MESSAGE_BROWSE = "SELECT * FROM kvqueue_browse(%s, %s, %s, %s)"
 SQL_MESSAGE_OLDEST = "SELECT kvqueue_oldest(%s)"
 # One statement, so one snapshot and one round trip.
 SQL_QUEUE_STATS = """
@@ -823,7 +816,7 @@ class PostgresStorage(Waits):
         ms, seq = after if after is not None else (-(2**63), -(2**63))
 
         async def run(conn: Connection) -> list[tuple[model.StoredMessage, tuple[int, int]]]:
-            cursor = await conn.execute(SQL_MESSAGE_BROWSE, (queue, ms, ms, seq, limit))
+            cursor = await conn.execute(SQL_MESSAGE_BROWSE, (queue, ms, seq, limit))
             rows = await cursor.fetchall()
             return [(model.StoredMessage(queue, *row[:-1]), (row[3], row[-1])) for row in rows]
 
