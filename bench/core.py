@@ -161,8 +161,24 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """This process's peak resident memory since it started its program.
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec,
+    so a child of the (larger) benchmark process reported the parent's peak. The
+    high-water mark of /proc/self/status belongs to this program's memory alone.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh from what it holds now (Linux:
+    writing 5 to /proc/self/clear_refs), so that the next peak is the next phase's own."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def current_rss_mb() -> float:

@@ -38,7 +38,9 @@ def _size(n: float) -> str:
 def run(ctx: Context) -> list[Row]:
     backlog = ctx.sizes.pick(1_000_000, 20_000)
     messages = ctx.sizes.pick(50_000, 5_000)
-    samples = ctx.sizes.pick(1_000, 200)
+    # With S4's 1,000 samples the p99 is the 10th slowest, and the small database's
+    # moved from 3.25 to 1.74 ms between two runs: the 20 % bound needs more.
+    samples = ctx.sizes.pick(3_000, 200)
     fill_s, phase_s = ctx.sizes.pick(150, 30), ctx.sizes.pick(60, 20)
     pipelines = ctx.sizes.pick(3, 1)
     command = [sys.executable, "-m", "bench.procs.scale", ctx.path("s8.db")]

@@ -18,7 +18,7 @@ from typing import Any
 
 import kvqueue
 from bench import workloads
-from bench.core import current_rss_mb, peak_rss_mb, percentiles
+from bench.core import current_rss_mb, peak_rss_mb, percentiles, reset_peak_rss
 
 HOUR = 3600
 
@@ -31,7 +31,8 @@ async def phase(
     path: str, backlog: int, queue: str, messages: int, samples: int, seconds: float, rounds: int
 ) -> dict[str, Any]:
     """S1 on ``queue`` (which may hold a backlog) ``rounds`` times, then S4 on the KV
-    queue."""
+    queue; the peak memory is this phase's own, not the fill's before it."""
+    reset_peak_rss()
     rates = []
     async with await _open(path, backlog) as db:
         for _ in range(rounds):
