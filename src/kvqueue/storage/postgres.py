@@ -117,7 +117,6 @@ BEGIN; UPDATE kvqueue_meta SET version = version + {} WHERE id = 0 RETURNING ver
 """
 # The same for a pipeline, where statements go one by one but parameters are allowed.
 SQL_BUMP = "UPDATE kvqueue_meta SET version = version + %s WHERE id = 0 RETURNING version"
-SQL_NOTIFY = "SELECT pg_notify(%s, %s)"
 # A group of nothing but acks, whole (see 0002_counts_and_acks.sql).
 SQL_ACK = """
 SELECT last_version, gone_queues, gone_ids
@@ -380,9 +379,11 @@ class PostgresStorage(Waits):
                     break
                 batch.append(item)
             queues = _changes_queues(batch)
-            arrivals = not _only_acks(batch)
+            acks_only = _only_acks(batch)
             try:
-                outcomes, changed = await self._commit_group(batch)
+                outcomes, changed = await self._commit_group(
+                    batch, queues=queues, acks_only=acks_only
+                )
             except Exception as exc:
                 # A bug must fail these callers, not stop every later write.
                 logger.exception("the PostgreSQL writer failed on a group of %d", len(batch))
@@ -396,10 +397,14 @@ class PostgresStorage(Waits):
                 else:
                     future.set_result(result)
             if changed:
-                self._signal.fire(queues=queues, arrivals=arrivals)
+                self._signal.fire(queues=queues, arrivals=not acks_only)
 
-    async def _commit_group(self, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
-        """Commit a group; returns each caller's outcome and whether anything changed."""
+    async def _commit_group(
+        self, batch: list[_Pending], *, queues: bool, acks_only: bool
+    ) -> tuple[list[_Outcome], bool]:
+        """Commit a group (``queues``: it may change a queue's record; ``acks_only``:
+        it is nothing but plain acks); returns each caller's outcome and whether
+        anything changed."""
 
         def failed(error: BaseException) -> tuple[list[_Outcome], bool]:
             return [(future, None, error) for _, future, _ in batch], False
@@ -408,7 +413,7 @@ class PostgresStorage(Waits):
             try:
                 async with self._pool.connection() as conn:
                     try:
-                        return await self._apply(conn, batch)
+                        return await self._apply(conn, batch, queues=queues, acks_only=acks_only)
                     except psycopg.Error:
                         if not conn.broken or attempt == 2:
                             raise
@@ -428,9 +433,11 @@ class PostgresStorage(Waits):
             await self._pool.check()
         raise AssertionError("unreachable")
 
-    async def _apply(self, conn: Connection, batch: list[_Pending]) -> tuple[list[_Outcome], bool]:
+    async def _apply(
+        self, conn: Connection, batch: list[_Pending], *, queues: bool, acks_only: bool
+    ) -> tuple[list[_Outcome], bool]:
         applied = None
-        if _only_acks(batch):
+        if acks_only:
             applied = await self._apply_acks(conn, batch)
         elif _PIPELINES and all(w is not None and _pipelinable(w) for _, _, w in batch):
             applied = await self._apply_pipelined(conn, batch)
@@ -481,7 +488,7 @@ class PostgresStorage(Waits):
         end_sql = (
             sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
                 sql.Literal(self._channel),
-                sql.Literal(self._origin if _changes_queues(batch) else self._origin_plain),
+                sql.Literal(self._origin if queues else self._origin_plain),
             )
             if txn.changed
             else sql.SQL("COMMIT")
@@ -575,7 +582,9 @@ class PostgresStorage(Waits):
     async def _queue_group(
         self, conn: Connection, batch: list[_Pending]
     ) -> tuple[_Deletes, list[tuple[str, Any]]]:
-        """Queue a pipelined group's statements, in order, after its BEGIN.
+        """Queue a pipelined group's statements, in order, after its BEGIN. The group
+        holds a send (one of nothing but acks goes to :meth:`_apply_acks`), whose
+        INSERT sends the NOTIFY.
 
         Returns per caller (its version is its place in the group) its acks with the
         cursors that will say what they found, and the cursors of the queue stats
@@ -583,7 +592,6 @@ class PostgresStorage(Waits):
         """
         now = self.clock.now_ms()
         deletes: _Deletes = []
-        notified = False
         start = 0
         while start < len(batch):
             write = batch[start][2]
@@ -600,11 +608,8 @@ class PostgresStorage(Waits):
             # It checks its queues' limits itself: a refusal aborts the group.
             sends = (*send_columns(writes, now), self._channel, self._origin_plain)
             await conn.execute(SQL_MESSAGES_SEND, sends)
-            notified = True
             deletes += [[] for _ in writes]
             start = end
-        if not notified:
-            await conn.execute(SQL_NOTIFY, (self._channel, self._origin_plain))
         # The stats senders want, as of this commit: no read of their own.
         asked = {w.stats_of for _, _, w in batch if w is not None and w.stats_of}
         reads = [(name, await conn.execute(SQL_QUEUE_STATS, (now, name))) for name in asked]
