@@ -260,6 +260,36 @@ async def test_concurrency_is_bounded_and_reached(adb: kvqueue.AsyncDatabase, li
     assert peak == 3
 
 
+async def test_handler_starts_before_the_next_lease_is_asked_for(
+    adb: kvqueue.AsyncDatabase, listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivered message's handler runs before the listener asks the store for more:
+    on a remote or PostgreSQL store that next lease is a round trip the handler would
+    otherwise wait behind."""
+    events: list[str] = []
+    lease = adb.storage.lease
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        events.append("lease")
+        taken = await lease(*args, **kwargs)
+        if taken:
+            events.append("taken")
+        return taken
+
+    monkeypatch.setattr(adb.storage, "lease", recorded)
+    got = asyncio.Event()
+
+    async def handler(value: Any) -> None:
+        events.append("handler")
+        got.set()
+
+    await listen(handler, concurrency=4)
+    await adb.enqueue("hello")
+    await asyncio.wait_for(got.wait(), 10)
+    taken = events.index("taken")
+    assert events[taken + 1] == "handler", events
+
+
 async def test_slow_handler_keeps_its_lease(tmp_path: Path) -> None:
     """A handler running far longer than the lease is not given its message again meanwhile (unlike Deno)."""
     path = str(tmp_path / "lease.db")

@@ -390,6 +390,9 @@ class Engine:
         self._scale(full=len(leased) == want)
         if whole < len(leased):
             self._dispatch(await self._fill(token, leased[whole:]))
+        # The handlers just dispatched start before the next lease is sent, not after
+        # it: on PostgreSQL that lease is a round trip of the event loop's time.
+        await asyncio.sleep(0)
 
     async def _fill(
         self, token: str, batch: list[model.LeasedMessage]
