@@ -303,7 +303,10 @@ class Engine:
         self._held: dict[_Key, model.LeasedMessage] = {}
         # Each message not yet settled, to the batch it belongs to.
         self._unsettled: dict[_Key, _Outstanding] = {}
-        self._batches: set[asyncio.Task[None]] = set()
+        # Batches dispatched whose delivery has not returned or whose messages are
+        # not all settled: each holds a slot of the concurrency until both.
+        self._in_flight = 0
+        self._delivering: set[asyncio.Task[None]] = set()
         self._pending: list[Decision] = []
         # Messages decided and not yet settled: a later decision for one is ignored.
         self._pending_ids: set[_Key] = set()
@@ -314,8 +317,8 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        """Batches being handled now."""
-        return len(self._batches)
+        """Batches being handled now (delivered and settled, or not yet)."""
+        return self._in_flight
 
     def stop(self) -> None:
         """Take no more batches; run() returns once the running ones are settled."""
@@ -327,7 +330,7 @@ class Engine:
         try:
             failures = 0
             while not self._stop.is_set():
-                if len(self._batches) >= min(self._target, self._cap):
+                if self._in_flight >= min(self._target, self._cap):
                     self._slot_free.clear()
                     await first_of(self._slot_free.wait(), self._stop.wait())
                     continue
@@ -349,8 +352,9 @@ class Engine:
                     failures += 1
                     logger.warning("queue %r: %s; trying again in %.2f s", self._queue, exc, pause)
                     await first_of(asyncio.sleep(pause), self._stop.wait())
-            while self._batches:
-                await asyncio.wait(set(self._batches))
+            while self._in_flight:
+                self._slot_free.clear()
+                await self._slot_free.wait()
         finally:
             renewer.cancel()
 
@@ -372,7 +376,7 @@ class Engine:
 
     async def _take_batches(self) -> None:
         size = self._batch_size
-        free = min(self._target, self._cap) - len(self._batches)
+        free = min(self._target, self._cap) - self._in_flight
         # A cross-process bound counts leases, so each batch needs a lease of its own.
         want = size if self._bounded else size * min(free, max(1, _MAX_LEASE_MESSAGES // size))
         token = secrets.token_hex(8)
@@ -441,18 +445,19 @@ class Engine:
     # --- delivering -----------------------------------------------------------
 
     def _dispatch(self, batch: list[model.LeasedMessage]) -> None:
-        outstanding = _Outstanding(len(batch), self._loop.create_future())
+        outstanding = _Outstanding(len(batch))
         for message in batch:
             self._unsettled[_key(message)] = outstanding
+        self._in_flight += 1
         task = asyncio.create_task(self._run_batch(batch, outstanding))
-        self._batches.add(task)
-        task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._batches.discard(task)
-        self._slot_free.set()
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
 
     async def _run_batch(self, batch: list[model.LeasedMessage], outstanding: _Outstanding) -> None:
+        # The task ends with the delivery; the batch's slot is freed by whichever
+        # comes last, this or the settling of its last message (see _resolve),
+        # so no task waits for the commit.
+        completed = False
         try:
             try:
                 await self._deliver(batch, self.decide)
@@ -463,14 +468,24 @@ class Engine:
                 key = _key(message)
                 if key in self._unsettled and key not in self._pending_ids:
                     self._enqueue_decision(Decision(message, retry=True))
-            if outstanding.count:
-                await outstanding.done
+            completed = True
         finally:
-            for message in batch:
-                key = _key(message)
-                self._unsettled.pop(key, None)
-                self._held.pop(key, None)
-                self._pending_ids.discard(key)
+            if not completed:
+                # Cancelled: whatever was not settled is left to its lease's expiry.
+                for message in batch:
+                    key = _key(message)
+                    if self._unsettled.get(key) is outstanding:
+                        del self._unsettled[key]
+                        self._held.pop(key, None)
+                        self._pending_ids.discard(key)
+                        outstanding.count -= 1
+            outstanding.delivered = True
+            if outstanding.count == 0:
+                self._free_slot()
+
+    def _free_slot(self) -> None:
+        self._in_flight -= 1
+        self._slot_free.set()
 
     def _is_pending(self, message: model.LeasedMessage) -> bool:
         return _key(message) in self._pending_ids
@@ -513,8 +528,8 @@ class Engine:
         outstanding = self._unsettled.pop(key, None)
         if outstanding is not None:
             outstanding.count -= 1
-            if outstanding.count == 0 and not outstanding.done.done():
-                outstanding.done.set_result(None)
+            if outstanding.count == 0 and outstanding.delivered:
+                self._free_slot()
 
     # --- leases -----------------------------------------------------------------
 
@@ -545,10 +560,11 @@ _Key = tuple[str, str]
 
 @dataclass(slots=True)
 class _Outstanding:
-    """A batch's messages not yet settled: one future for the batch, not one each."""
+    """A batch dispatched: how many of its messages are not yet settled, and whether
+    its delivery has returned (it holds its slot until both)."""
 
     count: int
-    done: asyncio.Future[None]
+    delivered: bool = False
 
 
 def _key(message: model.LeasedMessage) -> _Key:
