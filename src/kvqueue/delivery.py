@@ -317,7 +317,7 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        """Batches being handled now (delivered and settled, or not yet)."""
+        """Batches dispatched and not yet both delivered and settled."""
         return self._in_flight
 
     def stop(self) -> None:
@@ -471,7 +471,8 @@ class Engine:
             completed = True
         finally:
             if not completed:
-                # Cancelled: whatever was not settled is left to its lease's expiry.
+                # Cancelled mid-delivery: what was not settled is left to its lease's
+                # expiry, and the batch gives its slot back now.
                 for message in batch:
                     key = _key(message)
                     if self._unsettled.get(key) is outstanding:
