@@ -27,9 +27,12 @@ How it stays correct with many writers:
 * A commit that changed something sends ``NOTIFY``; every process LISTENs on
   a connection of its own and wakes its waiters within a millisecond. The
   notice says what the commit cannot have done: changed a queue's record
-  (``plain``), or that and made a message deliverable either (``acks``: nothing
-  but acks), so an idle consumer without a concurrency bound sleeps on through
-  other consumers' acks.
+  (``plain``, with the queues it sent to), or that and made a message
+  deliverable either (``acks``: nothing but acks), so an idle consumer without
+  a concurrency bound sleeps on through other consumers' acks. A lease that
+  takes a queue's last ready messages says so too, and a process that finds
+  others ahead of it on a queue holds a send's wake-up back for that notice
+  (:mod:`kvqueue.storage.notices`).
 * Times come from the database server's clock (:class:`ServerClock`), so
   machines whose clocks disagree still agree on lease deadlines and delays.
 * A lost connection is replaced. Work that had not reached COMMIT is retried
@@ -57,6 +60,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from kvqueue import errors, model
 from kvqueue.clock import Clock, SystemClock
 from kvqueue.model import ValueEncoding
+from kvqueue.storage import notices
 from kvqueue.storage.common import (
     QUEUE_COLUMNS,
     CheckFailed,
@@ -95,10 +99,6 @@ _POOL_SIZE = 8
 _CONNECT_TIMEOUT_S = 30.0
 # Re-measure the offset to the server's clock this often.
 _CLOCK_SYNC_S = 60.0
-# The marks on a NOTIFY ("<origin> <mark>"): a commit that changed no queue's
-# record, and one of nothing but acks (which made no message deliverable either).
-_PLAIN = "plain"
-_ACKS = "acks"
 # Back-off between attempts to get the LISTEN connection back.
 _LISTEN_RETRY_S = (0.05, 0.2, 1.0)
 
@@ -141,8 +141,9 @@ SQL_KV_NEXT_EXPIRY = "SELECT min(expires_at) FROM kvqueue_kv WHERE expires_at IS
 # two).
 SQL_MESSAGE_LEASE = """
 WITH taken AS MATERIALIZED (
-  SELECT * FROM kvqueue_lease(
-    %(queue)s, %(lease)s, %(until)s, %(now)s, %(limit)s, %(max_leases)s, %(lock)s
+  SELECT * FROM kvqueue_lease_told(
+    %(queue)s, %(lease)s, %(until)s, %(now)s, %(limit)s, %(max_leases)s, %(lock)s,
+    %(channel)s, %(notice)s
   )
 )
 SELECT seq, id, body, content_type, enqueued_at, attempts, attributes FROM taken
@@ -293,8 +294,9 @@ class PostgresStorage(Waits):
         # a notice without the mark, an older kvqueue's too, may have. So does
         # one of nothing but acks (an idle consumer without a bound sleeps on).
         self._origin = secrets.token_hex(8)
-        self._origin_plain = f"{self._origin} {_PLAIN}"
-        self._origin_acks = f"{self._origin} {_ACKS}"
+        self._origin_plain = notices.sent(self._origin, ())
+        self._origin_acks = f"{self._origin} {notices.ACKS}"
+        self._wakes = notices.Wakes(self._signal, self._origin)
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = SharedRead(self._read_stats)
@@ -606,7 +608,8 @@ class PostgresStorage(Waits):
                 end += 1
             writes = [w for _, _, w in batch[start:end] if w is not None]
             # It checks its queues' limits itself: a refusal aborts the group.
-            sends = (*send_columns(writes, now), self._channel, self._origin_plain)
+            told = notices.sent(self._origin, (e.queue for w in writes for e in w.enqueues))
+            sends = (*send_columns(writes, now), self._channel, told)
             await conn.execute(SQL_MESSAGES_SEND, sends)
             deletes += [[] for _ in writes]
             start = end
@@ -666,11 +669,7 @@ class PostgresStorage(Waits):
                     failures = 0
                     while True:
                         async for notice in conn.notifies(timeout=_CLOCK_SYNC_S):
-                            origin, _, kind = notice.payload.partition(" ")
-                            if origin != self._origin:
-                                self._signal.fire(
-                                    queues=kind not in (_PLAIN, _ACKS), arrivals=kind != _ACKS
-                                )
+                            self._wakes.notice(notice.payload)
                         if isinstance(self.clock, ServerClock):
                             await self.clock.sync(conn)
                 finally:
@@ -739,13 +738,18 @@ class PostgresStorage(Waits):
                 "limit": limit,
                 "max_leases": max_leases,
                 "lock": f"{self._channel}:{queue}",
+                "channel": self._channel,
+                "notice": notices.taken(self._origin, queue),
             }
             # Autocommit: the one statement is the lease's whole transaction.
             cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
             return await cursor.fetchall()
 
+        sends = self._wakes.sends(queue)
         rows = await self._run(run)
-        if len(rows) == 1 and rows[0][0] is None:
+        took = not (len(rows) == 1 and rows[0][0] is None)
+        self._wakes.leased(queue, took=took, sends=sends)
+        if not took:
             # Good until a change may have made a message deliverable sooner.
             self._upcoming[queue] = (self._signal.arrivals, rows[0][4])
             return []
@@ -874,6 +878,7 @@ class PostgresStorage(Waits):
                 await task
         await asyncio.gather(*self._stats.tasks, return_exceptions=True)
         await self._pool.close()
+        self._wakes.close()
         self._signal.fire()
 
 
@@ -914,12 +919,12 @@ def _stats(row: Sequence[Any] | None) -> model.QueueStats | None:
 
 
 def _changes_queues(batch: Sequence[_Pending]) -> bool:
-    """Whether a group may change a queue's record (its NOTIFY then lacks _PLAIN)."""
+    """Whether a group may change a queue's record (its NOTIFY then lacks "plain")."""
     return any(w is not None and w.queue_changes for _, _, w in batch)
 
 
 def _only_acks(batch: Sequence[_Pending]) -> bool:
-    """Whether a group is nothing but acks (its NOTIFY is then marked _ACKS)."""
+    """Whether a group is nothing but acks (its NOTIFY is then marked "acks")."""
     return all(w is not None and is_plain_ack(w) for _, _, w in batch)
 
 
