@@ -534,8 +534,8 @@ async def test_a_wait_after_an_empty_lease_needs_no_read_of_its_own(
 
 async def test_a_send_taken_by_one_consumer_process_wakes_no_other(pg_url: str) -> None:
     """Three consumer processes (databases opened apart, as processes would) on one
-    queue: once they have found one another ahead of them, a send wakes the one that
-    takes it, and the others, told by its lease's notice, do not lease for nothing.
+    queue: once they have seen one another take its messages, a send wakes the one
+    that takes it, and the others, told by its lease's notice, do not lease for nothing.
     Without that, each send woke all three: two empty leases, besides the taker's own
     look after its batch."""
     async with await kvqueue.open_async(pg_url) as producer:
@@ -575,10 +575,10 @@ async def test_a_send_taken_by_one_consumer_process_wakes_no_other(pg_url: str) 
                     await producer.queue("jobs").send_batch(list(range(5)))
                     await wait_until(lambda: handled >= goal)  # noqa: B023 - read at once
 
-            await send_and_wait(10)  # they find one another ahead of them
+            await send_and_wait(10)  # they see one another take messages
             empty = 0
             await send_and_wait(30)
-            # Measured: 17-29 with the notices, 68-71 without.
+            # Measured: 9-16 with the notices, 68-71 without.
             assert empty < 45, empty
         finally:
             for worker, serving in workers:
@@ -589,18 +589,19 @@ async def test_a_send_taken_by_one_consumer_process_wakes_no_other(pg_url: str) 
 
 
 async def test_a_held_wake_up_goes_ahead_unless_the_send_is_taken() -> None:
-    """A process behind on a queue holds another process's send back a moment: dropped
-    if the notice that the send was taken comes first, else it wakes its consumers as
-    any send does. Sends to other queues, and notices that name no queue, wake at once."""
+    """A process that has seen another take a queue's last messages holds another
+    process's send to it back a moment: dropped if the notice that the send was taken
+    comes first, else it wakes its consumers as any send does. A process alone on its
+    queue never holds one back, nor does anyone for sends to other queues or for
+    notices that name no queue."""
     signal = Signal()
     wakes = notices.Wakes(signal, "me")
     wakes.notice("other plain jobs")
-    assert signal.arrivals == 1  # not behind: at once
-    wakes.leased("jobs", took=True, sends=wakes.sends("jobs"))  # we took it
-    wakes.leased("jobs", took=False, sends=wakes.sends("jobs"))  # and found no more
+    assert signal.arrivals == 1  # nobody else takes from "jobs": at once
+    wakes.took("jobs")
     wakes.notice("other plain jobs")
-    assert signal.arrivals == 2  # still not behind
-    wakes.leased("jobs", took=False, sends=wakes.sends("jobs"))  # another process took it
+    assert signal.arrivals == 2
+    wakes.notice("other taken jobs")  # another process took "jobs"'s last messages
     wakes.notice("other plain jobs")
     assert signal.arrivals == 2  # behind: held back
     wakes.notice("other taken jobs")
@@ -612,7 +613,7 @@ async def test_a_held_wake_up_goes_ahead_unless_the_send_is_taken() -> None:
     wakes.notice("other plain mail")
     wakes.notice("other plain")
     assert signal.arrivals == 5
-    wakes.leased("jobs", took=True, sends=wakes.sends("jobs"))  # ahead again
+    wakes.took("jobs")  # ahead again
     wakes.notice("other plain jobs")
     assert signal.arrivals == 6
     wakes.notice("me plain jobs")  # our own: the writer woke us already

@@ -11,12 +11,13 @@ A commit that changed something sends ``NOTIFY`` with ``"<origin> <mark> [names]
 
 Every process LISTENs, and with several consumer processes on a queue each send
 woke all of them: one lease found the messages and the others came back empty,
-and those wake-ups were a third of the machine's work with four consumer
-processes. So a process that finds others ahead of it on a queue (a lease of it
-came back empty although another process had sent to it since the last one)
-holds a send's wake-up back a moment, and drops it if the notice that the send
-was taken comes first. It is a saving, never a condition of delivery: a process
-ahead that is busy sends no such notice, and the wake-up goes ahead.
+and with four consumer processes those wake-ups cost about a third of the rate.
+So a process that has seen another process take a queue's last messages since
+its own last lease took any (a "taken" notice) holds a send's wake-up back a
+moment, and drops it if the notice that the send was taken comes first. It is a
+saving, never a condition of delivery: a process that is busy, or gone, sends no
+such notice, and the wake-up goes ahead. A process that is alone on its queue
+never sees another's "taken" notice, so it never holds a wake-up back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ PLAIN = "plain"
 ACKS = "acks"
 TAKEN = "taken"
 # How long a wake-up is held back for a "taken" notice: the time another process
-# needs to wake, lease and have its notice arrive, with room for a busy machine.
+# needs to wake, lease and have its notice arrive, with room for a busy machine
+# (on a saturated two-core machine, 5 ms ran out first in half the cases).
 HOLD_S = 0.02
 # PostgreSQL takes payloads of up to 8000 bytes; a notice naming more queues than
 # fit in this says nothing of its queues (every waiter wakes).
@@ -56,10 +58,8 @@ class Wakes:
     def __init__(self, signal: Signal, origin: str) -> None:
         self._signal = signal
         self._origin = origin
-        # Per queue: other processes' sends noticed, and that count at our last lease.
-        self._sends: dict[str, int] = {}
-        self._sends_at_lease: dict[str, int] = {}
-        # Queues on which another process took what we last woke for.
+        # Queues whose last messages another process took since our last lease of
+        # them that took any.
         self._behind: set[str] = set()
         # Per queue: the wake-up held back, and how many sends it stands for.
         self._held: dict[str, tuple[asyncio.TimerHandle, int]] = {}
@@ -73,11 +73,10 @@ class Wakes:
         if mark == ACKS:
             self._signal.fire(queues=False, arrivals=False)
         elif mark == TAKEN:
+            self._behind.add(names)
             self._taken(names)
         elif mark == PLAIN:
             queues = names.split(",") if names else []
-            for queue in queues:
-                self._sends[queue] = self._sends.get(queue, 0) + 1
             if len(queues) == 1 and queues[0] in self._behind:
                 self._hold(queues[0])
             else:
@@ -85,19 +84,9 @@ class Wakes:
         else:
             self._signal.fire()
 
-    def sends(self, queue: str) -> int:
-        """Other processes' sends to ``queue`` noticed so far: read before a lease."""
-        return self._sends.get(queue, 0)
-
-    def leased(self, queue: str, *, took: bool, sends: int) -> None:
-        """After a lease of ``queue`` (``sends``: :meth:`sends` before it): a lease that
-        took nothing although another process sent since our last one puts us behind
-        on the queue; one that took something puts us ahead again."""
-        if took:
-            self._behind.discard(queue)
-        elif sends != self._sends_at_lease.get(queue, 0):
-            self._behind.add(queue)
-        self._sends_at_lease[queue] = sends
+    def took(self, queue: str) -> None:
+        """A lease of ours took messages of ``queue``: wake at once for it again."""
+        self._behind.discard(queue)
 
     def close(self) -> None:
         """Let every held wake-up go now."""

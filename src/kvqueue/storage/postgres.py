@@ -30,8 +30,8 @@ How it stays correct with many writers:
   (``plain``, with the queues it sent to), or that and made a message
   deliverable either (``acks``: nothing but acks), so an idle consumer without
   a concurrency bound sleeps on through other consumers' acks. A lease that
-  takes a queue's last ready messages says so too, and a process that finds
-  others ahead of it on a queue holds a send's wake-up back for that notice
+  takes a queue's last ready messages says so too, and a process that has seen
+  another take a queue's messages holds a send's wake-up back for that notice
   (:mod:`kvqueue.storage.notices`).
 * Times come from the database server's clock (:class:`ServerClock`), so
   machines whose clocks disagree still agree on lease deadlines and delays.
@@ -745,14 +745,12 @@ class PostgresStorage(Waits):
             cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
             return await cursor.fetchall()
 
-        sends = self._wakes.sends(queue)
         rows = await self._run(run)
-        took = not (len(rows) == 1 and rows[0][0] is None)
-        self._wakes.leased(queue, took=took, sends=sends)
-        if not took:
+        if len(rows) == 1 and rows[0][0] is None:
             # Good until a change may have made a message deliverable sooner.
             self._upcoming[queue] = (self._signal.arrivals, rows[0][4])
             return []
+        self._wakes.took(queue)
         rows.sort(key=lambda row: row[0])
         return [
             model.LeasedMessage(queue, mid, body, ctype, enq, attempts, lease, attrs)
