@@ -86,7 +86,9 @@ def test_kill_9_mid_batch_loses_nothing_and_explicit_acks_stay_acked(shared_url:
     for child in [victim, *normals]:
         bodies.update(dict(_handling(child)))
     assert sorted(int(b) for b in bodies.values()) == list(range(MESSAGES))
-    finished = set().union(*(_handled(c) for c in normals)) | _acked(victim)
+    # The victim's batches other than the hung one may finish too; its "acked" line comes
+    # after the commit, so a kill in between leaves a message handled and gone unlogged.
+    finished = set().union(*(_handled(c) for c in [victim, *normals])) | _acked(victim)
     assert set(bodies) <= finished, "a message was neither handled to the end nor acked"
     redelivered = {mid for child in normals for mid, _ in _handling(child)}
     assert not _acked(victim) & redelivered, "a message acked before the kill came back"
