@@ -593,15 +593,21 @@ async def test_a_held_wake_up_goes_ahead_unless_the_send_is_taken() -> None:
     process's send to it back a moment: dropped if the notice that the send was taken
     comes first, else it wakes its consumers as any send does. A process alone on its
     queue never holds one back, nor does anyone for sends to other queues or for
-    notices that name no queue."""
+    notices that name no queue; and its leases say "taken" only once another consumer
+    has shown itself."""
     signal = Signal()
     wakes = notices.Wakes(signal, "me")
+    assert not wakes.announces("jobs")
+    sends = wakes.sends("jobs")
     wakes.notice("other plain jobs")
     assert signal.arrivals == 1  # nobody else takes from "jobs": at once
-    wakes.took("jobs")
+    wakes.leased("jobs", took=True, sends=sends)  # we took it
+    wakes.leased("jobs", took=False, sends=wakes.sends("jobs"))  # and found no more
+    assert not wakes.announces("jobs")  # alone so far
     wakes.notice("other plain jobs")
     assert signal.arrivals == 2
     wakes.notice("other taken jobs")  # another process took "jobs"'s last messages
+    assert wakes.announces("jobs")
     wakes.notice("other plain jobs")
     assert signal.arrivals == 2  # behind: held back
     wakes.notice("other taken jobs")
@@ -613,8 +619,15 @@ async def test_a_held_wake_up_goes_ahead_unless_the_send_is_taken() -> None:
     wakes.notice("other plain mail")
     wakes.notice("other plain")
     assert signal.arrivals == 5
-    wakes.took("jobs")  # ahead again
+    wakes.leased("jobs", took=True, sends=wakes.sends("jobs"))  # ahead again
     wakes.notice("other plain jobs")
     assert signal.arrivals == 6
     wakes.notice("me plain jobs")  # our own: the writer woke us already
     assert signal.arrivals == 6
+    # A lease that finds nothing after another process's send also shows a rival.
+    sends = wakes.sends("mail")
+    wakes.notice("other plain mail")
+    assert not wakes.announces("mail")
+    wakes.leased("mail", took=False, sends=wakes.sends("mail"))
+    assert sends != wakes.sends("mail")
+    assert wakes.announces("mail")

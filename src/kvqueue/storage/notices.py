@@ -17,12 +17,16 @@ its own last lease took any (a "taken" notice) holds a send's wake-up back a
 moment, and drops it if the notice that the send was taken comes first. It is a
 saving, never a condition of delivery: a process that is busy, or gone, sends no
 such notice, and the wake-up goes ahead. A process that is alone on its queue
-never sees another's "taken" notice, so it never holds a wake-up back.
+never sees another's "taken" notice, so it never holds a wake-up back; nor does
+it send "taken" notices itself (every process receives each one), until it sees
+a sign of another consumer: another's "taken" notice, or a lease of its own that
+found nothing although another process had sent to the queue since its last one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from kvqueue.storage.common import Signal
@@ -34,6 +38,8 @@ TAKEN = "taken"
 # needs to wake, lease and have its notice arrive, with room for a busy machine
 # (on a saturated two-core machine, 5 ms ran out first in half the cases).
 HOLD_S = 0.02
+# After a sign of another consumer of a queue, our leases of it say "taken" this long.
+_CONTESTED_S = 60.0
 # PostgreSQL takes payloads of up to 8000 bytes; a notice naming more queues than
 # fit in this says nothing of its queues (every waiter wakes).
 _MAX_NAMES = 4000
@@ -61,6 +67,11 @@ class Wakes:
         # Queues whose last messages another process took since our last lease of
         # them that took any.
         self._behind: set[str] = set()
+        # Per queue: when we last saw a sign of another consumer of it.
+        self._contested: dict[str, float] = {}
+        # Per queue: other processes' sends noticed, and that count at our last lease.
+        self._sends: dict[str, int] = {}
+        self._sends_at_lease: dict[str, int] = {}
         # Per queue: the wake-up held back, and how many sends it stands for.
         self._held: dict[str, tuple[asyncio.TimerHandle, int]] = {}
 
@@ -74,9 +85,12 @@ class Wakes:
             self._signal.fire(queues=False, arrivals=False)
         elif mark == TAKEN:
             self._behind.add(names)
+            self._contested[names] = time.monotonic()
             self._taken(names)
         elif mark == PLAIN:
             queues = names.split(",") if names else []
+            for queue in queues:
+                self._sends[queue] = self._sends.get(queue, 0) + 1
             if len(queues) == 1 and queues[0] in self._behind:
                 self._hold(queues[0])
             else:
@@ -84,9 +98,29 @@ class Wakes:
         else:
             self._signal.fire()
 
-    def took(self, queue: str) -> None:
-        """A lease of ours took messages of ``queue``: wake at once for it again."""
-        self._behind.discard(queue)
+    def sends(self, queue: str) -> int:
+        """Other processes' sends to ``queue`` noticed so far: read before a lease."""
+        return self._sends.get(queue, 0)
+
+    def announces(self, queue: str) -> bool:
+        """Whether our leases of ``queue`` should say when they take its last messages:
+        only once another consumer of it has shown itself, lately."""
+        seen = self._contested.get(queue)
+        return seen is not None and time.monotonic() - seen < _CONTESTED_S
+
+    def leased(self, queue: str, *, took: bool, sends: int) -> None:
+        """After a lease of ours of ``queue`` (``sends``: :meth:`sends` before it). One
+        that took messages means we wake at once for the queue again; one that took
+        nothing although another process sent to it since our last lease means
+        another consumer took them."""
+        if took:
+            self._behind.discard(queue)
+            # Sends noticed while it ran may be what it took.
+            self._sends_at_lease[queue] = self.sends(queue)
+            return
+        if sends != self._sends_at_lease.get(queue, 0):
+            self._contested[queue] = time.monotonic()
+        self._sends_at_lease[queue] = sends
 
     def close(self) -> None:
         """Let every held wake-up go now."""

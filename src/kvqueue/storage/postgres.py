@@ -727,6 +727,8 @@ class PostgresStorage(Waits):
         max_leases: int | None = None,
     ) -> list[model.LeasedMessage]:
         """See :meth:`kvqueue.storage.base.Storage.lease`."""
+        announce = self._wakes.announces(queue)
+        sends = self._wakes.sends(queue)
 
         async def run(conn: Connection) -> list[Any]:
             now = self.clock.now_ms()
@@ -739,18 +741,19 @@ class PostgresStorage(Waits):
                 "max_leases": max_leases,
                 "lock": f"{self._channel}:{queue}",
                 "channel": self._channel,
-                "notice": notices.taken(self._origin, queue),
+                "notice": notices.taken(self._origin, queue) if announce else None,
             }
             # Autocommit: the one statement is the lease's whole transaction.
             cursor = await conn.execute(SQL_MESSAGE_LEASE, params, binary=True)
             return await cursor.fetchall()
 
         rows = await self._run(run)
-        if len(rows) == 1 and rows[0][0] is None:
+        took = not (len(rows) == 1 and rows[0][0] is None)
+        self._wakes.leased(queue, took=took, sends=sends)
+        if not took:
             # Good until a change may have made a message deliverable sooner.
             self._upcoming[queue] = (self._signal.arrivals, rows[0][4])
             return []
-        self._wakes.took(queue)
         rows.sort(key=lambda row: row[0])
         return [
             model.LeasedMessage(queue, mid, body, ctype, enq, attempts, lease, attrs)

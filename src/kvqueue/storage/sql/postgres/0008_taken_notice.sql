@@ -11,7 +11,9 @@
 -- A lease that took fewer than it asked for left none ready; one that took as
 -- many looks (in a snapshot of its own, so a send committed meanwhile counts).
 -- Messages other leases hold locked count as ready here: the notice may be
--- missing when it need not be, never there when it should not.
+-- missing when it need not be, never there when it should not. A process that
+-- has seen no other consumer of the queue passes no notice (NULL), and nothing
+-- is looked at or sent.
 CREATE FUNCTION kvqueue_lease_told(
   queue_name text, new_lease text, until_ms bigint, now_ms bigint, max_count integer,
   max_leases integer, lock_name text, channel text, notice text
@@ -26,7 +28,7 @@ BEGIN
     queue_name, new_lease, until_ms, now_ms, max_count, max_leases, lock_name
   );
   GET DIAGNOSTICS taken = ROW_COUNT;
-  IF taken > 0 AND (taken < max_count OR NOT EXISTS (
+  IF notice IS NOT NULL AND taken > 0 AND (taken < max_count OR NOT EXISTS (
     SELECT FROM kvqueue_messages AS m WHERE m.queue = queue_name AND m.visible_at <= now_ms
   )) THEN
     PERFORM pg_notify(channel, notice);
