@@ -151,6 +151,19 @@ def _lease_params(
     }
 
 
+def _explain_plans(conn: psycopg.Connection[Any], plans: list[str], *, generic: bool) -> None:
+    """Collect into ``plans`` the plan of every statement ``conn`` runs from now on, nested
+    ones included; with ``generic``, as a prepared statement settles on it (whatever the
+    queue)."""
+    if generic:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    conn.execute("SET auto_explain.log_nested_statements = on")
+    conn.execute("SET client_min_messages = log")
+
+
 async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
     pg_url: str,
 ) -> None:
@@ -177,11 +190,7 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
         with psycopg.connect(pg_url, autocommit=True) as conn:
             # auto_explain reports the plan of the UPDATE inside kvqueue_lease; run
             # past PostgreSQL's fifth call, where a function may switch to a generic plan.
-            conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-            conn.execute("LOAD 'auto_explain'")
-            conn.execute("SET auto_explain.log_min_duration = 0")
-            conn.execute("SET auto_explain.log_nested_statements = on")
-            conn.execute("SET client_min_messages = log")
+            _explain_plans(conn, plans, generic=False)
             taken: list[list[int]] = []
             # Seven leases, then two bounded ones: seven leases held leave no room
             # under a bound of 7 and room under 8.
@@ -200,6 +209,11 @@ async def test_a_lease_keeps_its_plan_after_statistics_taken_on_an_empty_queue(
             assert "Index Scan using kvqueue_messages_visible" in plan, plan
             assert "Sort" not in plan, plan
             assert "Seq Scan" not in plan, plan
+        # A lease that took all it asked for looks whether any message is left ready
+        # (for its "taken" notice): in index order too, never along the whole queue.
+        for plan in plans:
+            assert "Seq Scan" not in plan, plan
+            assert "kvqueue_messages_age" not in plan, plan
     finally:
         await db.close()
 
@@ -222,17 +236,6 @@ async def _analyzed_nearly_empty(db: kvqueue.AsyncDatabase, pg_url: str) -> kvqu
     return q
 
 
-def _explain_generic_plans(conn: psycopg.Connection[Any], plans: list[str]) -> None:
-    """Collect into ``plans`` the plan of every statement ``conn`` runs from now on, nested
-    ones included, as a prepared statement settles on it: generic, whatever the queue."""
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    conn.execute("SET auto_explain.log_min_duration = 0")
-    conn.execute("SET auto_explain.log_nested_statements = on")
-    conn.execute("SET client_min_messages = log")
-
-
 async def test_first_entries_of_a_queue_are_read_in_index_order_after_analyze_when_nearly_empty(
     pg_url: str,
 ) -> None:
@@ -251,7 +254,7 @@ async def test_first_entries_of_a_queue_are_read_in_index_order_after_analyze_wh
             truth = conn.execute(
                 "SELECT min(enqueued_at), min(visible_at) FROM kvqueue_messages"
             ).fetchone()
-            _explain_generic_plans(conn, plans)
+            _explain_plans(conn, plans, generic=True)
             for n in range(7):
                 lease = _lease_params(db, f"l{n}", limit=10, max_leases=None)
                 stats = conn.execute(
@@ -286,7 +289,7 @@ async def test_peek_and_browse_read_in_index_order_after_analyze_when_nearly_emp
             await q.send_batch(list(range(start, start + 100)))
         plans: list[str] = []
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            _explain_generic_plans(conn, plans)
+            _explain_plans(conn, plans, generic=True)
             for _ in range(7):
                 peeked = conn.execute(SQL_MESSAGE_PEEK.encode(), ("jobs", 10), prepare=True)
                 assert [row[1] for row in peeked] == [str(n).encode() for n in range(10)]

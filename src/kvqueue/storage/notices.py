@@ -53,6 +53,11 @@ def sent(origin: str, queues: Iterable[str]) -> str:
     return f"{origin} {PLAIN} {names}"
 
 
+def acked(origin: str) -> str:
+    """The notice of a commit of nothing but acks."""
+    return f"{origin} {ACKS}"
+
+
 def taken(origin: str, queue: str) -> str:
     """The notice of a lease that took the last ready messages of ``queue``."""
     return f"{origin} {TAKEN} {queue}"

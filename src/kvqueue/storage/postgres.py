@@ -295,7 +295,7 @@ class PostgresStorage(Waits):
         # one of nothing but acks (an idle consumer without a bound sleeps on).
         self._origin = secrets.token_hex(8)
         self._origin_plain = notices.sent(self._origin, ())
-        self._origin_acks = f"{self._origin} {notices.ACKS}"
+        self._origin_acks = notices.acked(self._origin)
         self._wakes = notices.Wakes(self._signal, self._origin)
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
