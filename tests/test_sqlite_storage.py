@@ -1,11 +1,17 @@
-"""What the SQLite file itself holds: expired keys are swept out, not only hidden."""
+"""What the SQLite file itself holds: expired keys are swept out, not only hidden; and
+which reads wait for a reader thread."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import kvqueue
+from kvqueue.storage.sqlite import SqliteStorage
 from tests.helpers import wait_until
 
 
@@ -27,3 +33,66 @@ async def test_expired_keys_are_swept_from_the_file(tmp_path: Path) -> None:
     await wait_until(lambda: _rows(path) == 1)
     assert (await db.get(("kept",))).value == "y"
     await db.close()
+
+
+@asynccontextmanager
+async def _reader_threads_busy(storage: SqliteStorage) -> AsyncIterator[None]:
+    """Every reader thread held by a job that waits until the block ends."""
+    release = threading.Event()
+    started = [threading.Event() for _ in range(storage._pool._max_workers)]
+    jobs = [storage._pool.submit(lambda e=e: (e.set(), release.wait())) for e in started]
+    try:
+        await wait_until(lambda: all(e.is_set() for e in started))
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*(asyncio.wrap_future(j) for j in jobs))
+
+
+async def test_point_reads_do_not_wait_for_a_reader_thread(tmp_path: Path) -> None:
+    """A queue's record and metrics, a key or a few, and a send's metrics are read on
+    the event loop's thread: with every reader thread busy (say, with a long browse)
+    they still answer; a page of messages waits its turn on a reader thread."""
+    db = await kvqueue.open_async(str(tmp_path / "reads.db"))
+    try:
+        await db.queues.create("orders")
+        await db.set(("a",), 1)
+        storage = db.storage
+        assert isinstance(storage, SqliteStorage)
+
+        async def point_reads() -> None:
+            sent = await db.queue("orders").send({"n": 1})
+            assert sent.metrics.backlog_count == 1
+            assert (await db.queues.metrics("orders")).backlog_count == 1
+            assert (await db.queues.get("orders")).name == "orders"
+            assert (await db.get(("a",))).value == 1
+            assert [e.value for e in await db.get_many([("a",), ("b",)])] == [1, None]
+
+        async with _reader_threads_busy(storage):
+            # The bound only keeps a regression from hanging the suite.
+            await asyncio.wait_for(point_reads(), 10)
+            page = asyncio.create_task(db.queues.peek("orders", 100))
+            done, _ = await asyncio.wait({page}, timeout=0.2)
+            assert not done, "a page of 100 messages was read without a reader thread"
+        assert [m.body for m in await page] == [{"n": 1}]
+    finally:
+        await db.close()
+
+
+async def test_a_write_waits_for_another_connections_write_lock(tmp_path: Path) -> None:
+    """While another process holds the file's write lock, a write waits for it (it
+    does not fail as "database is locked") and lands once the lock is let go."""
+    path = tmp_path / "locked.db"
+    db = await kvqueue.open_async(str(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(db.set(("k",), "v"))
+        done, _ = await asyncio.wait({write}, timeout=0.3)
+        assert not done, "the write went ahead while another connection held the lock"
+        other.execute("COMMIT")
+        await asyncio.wait_for(write, 10)
+        assert (await db.get(("k",))).value == "v"
+    finally:
+        other.close()
+        await db.close()

@@ -12,9 +12,13 @@ Durability and concurrency, in short:
   it back from a busy event loop can cost more than the step: so a batch of
   messages is written with a few statements, not one per message or row.
 * Reads run on a small pool of reader threads, each with its own connection,
-  in parallel with the writer (WAL snapshots).
+  in parallel with the writer (WAL snapshots). Reads of a few rows found by
+  index (a queue's record, its metrics, a few keys) run on the event loop's
+  thread instead: handing one to a reader thread and back (two thread wake-ups,
+  the GIL passed each way) costs more than the read.
 * Several processes may open one file: ``BEGIN IMMEDIATE`` serialises their
-  writers, and a watch on the ``-wal`` file wakes listeners in every process
+  writers (each waiting for another's lock in fine steps of its own, see
+  ``_begin``), and a watch on the ``-wal`` file wakes listeners in every process
   when any of them commits, and again once ``PRAGMA data_version`` shows the
   commit, so that what they read then includes it.
 """
@@ -31,6 +35,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,7 +68,11 @@ T = TypeVar("T")
 # Most callers' writes folded into one transaction.
 _MAX_GROUP = 512
 _BUSY_TIMEOUT_MS = 60_000
+_BUSY_FIRST_PAUSE_S = 0.0001
+_BUSY_MAX_PAUSE_S = 0.005
 _READER_THREADS = 2
+# Reads of at most this many rows run on the event loop's thread (module docstring).
+_SMALL_READ_ROWS = 10
 # After each write to the WAL, data_version is looked at this often, this many
 # times: 200 ms in all, more than the sync before a commit is visible takes, even
 # on a busy machine.
@@ -201,11 +210,13 @@ SQL_QUEUE_DEAD_LETTERED = "UPDATE queues SET dead_lettered = dead_lettered + 1 W
 SQL_QUEUE_COUNTERS = "SELECT retried, dead_lettered FROM queues WHERE name = ?"
 
 
-def _connect(path: str, *, durable: bool) -> sqlite3.Connection:
+def _connect(
+    path: str, *, durable: bool, busy_timeout_ms: int = _BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
     )
-    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
     return conn
 
@@ -265,7 +276,8 @@ class _Writer:
     """The one thread that writes; it commits whatever is waiting together."""
 
     def __init__(self, path: str, durable: bool, clock: Clock, on_commit: Callable[[], None]):
-        self._conn = _connect(path, durable=durable)
+        # The writer waits for another process's write lock itself (_begin).
+        self._conn = _connect(path, durable=durable, busy_timeout_ms=0)
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
@@ -310,7 +322,7 @@ class _Writer:
         conn = self._conn
         outcomes: list[_Outcome] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
         except sqlite3.Error as exc:
             error = errors.StorageError(f"could not start a write: {exc}")
             error.__cause__ = exc
@@ -374,6 +386,25 @@ class _Writer:
                 future.set_result(result)
         if changed:
             self._on_commit()
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another process's write lock in steps that start
+    at a tenth of a millisecond: SQLite's own wait sleeps 1, then 2, then 5 ms, and
+    another process's commit (one fsync) is usually done well before the first."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    pause = _BUSY_FIRST_PAUSE_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            # The low byte is the primary code: SQLITE_BUSY_RECOVERY and kin are waits too.
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _BUSY_MAX_PAUSE_S)
 
 
 def _translate(exc: Exception) -> Exception:
@@ -508,7 +539,9 @@ class SqliteStorage(Waits):
                 self._readers.append(conn)
         return conn
 
-    async def _read(self, fn: Callable[[sqlite3.Connection, int], T]) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection, int], T], *, small: bool = False) -> T:
+        """Run ``fn`` in a read transaction: on a reader thread, or, if ``small`` (a
+        few rows found by index), on the loop's own thread."""
         if self._closed:
             raise errors.DatabaseClosed()
         now = self.clock.now_ms()
@@ -523,6 +556,8 @@ class SqliteStorage(Waits):
             finally:
                 conn.execute("COMMIT")
 
+        if small:
+            return run()
         return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     # --- Storage ------------------------------------------------------------------
@@ -543,7 +578,7 @@ class SqliteStorage(Waits):
                 )
             return out
 
-        return await self._read(run)
+        return await self._read(run, small=sum(r.limit for r in ranges) <= _SMALL_READ_ROWS)
 
     async def commit(self, write: model.AtomicWrite) -> model.Committed | None:
         """See :meth:`kvqueue.storage.base.Storage.commit`."""
@@ -606,7 +641,7 @@ class SqliteStorage(Waits):
             rows = (conn.execute(SQL_QUEUE_GET, (name,)).fetchone() for name in names)
             return [queue_record(row) for row in rows if row is not None]
 
-        return await self._read(run)
+        return await self._read(run, small=names is not None and len(names) <= _SMALL_READ_ROWS)
 
     async def stats(self, queue: str) -> model.QueueStats:
         """See :meth:`kvqueue.storage.base.Storage.stats`.
@@ -626,7 +661,7 @@ class SqliteStorage(Waits):
             in_flight = conn.execute(SQL_MESSAGE_IN_FLIGHT, (queue, now)).fetchone()[0]
             return model.QueueStats(backlog[0], backlog[1], oldest, in_flight, *counters)
 
-        return await self._read(run)
+        return await self._read(run, small=True)
 
     async def peek(self, queue: str, *, limit: int) -> list[model.StoredMessage]:
         """See :meth:`kvqueue.storage.base.Storage.peek`."""
@@ -653,7 +688,8 @@ class SqliteStorage(Waits):
 
     async def _next_visible(self, queue: str, since: int) -> int | None:
         found: int | None = await self._read(
-            lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[0]
+            lambda conn, now: conn.execute(SQL_MESSAGE_NEXT_VISIBLE, (queue, since)).fetchone()[0],
+            small=True,
         )
         return found
 
