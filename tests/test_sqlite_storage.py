@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import kvqueue
-from kvqueue.storage.sqlite import SqliteStorage
+from kvqueue.storage.sqlite import _READER_THREADS, SqliteStorage
 from tests.helpers import wait_until
 
 
@@ -39,7 +39,7 @@ async def test_expired_keys_are_swept_from_the_file(tmp_path: Path) -> None:
 async def _reader_threads_busy(storage: SqliteStorage) -> AsyncIterator[None]:
     """Every reader thread held by a job that waits until the block ends."""
     release = threading.Event()
-    started = [threading.Event() for _ in range(storage._pool._max_workers)]
+    started = [threading.Event() for _ in range(_READER_THREADS)]
     jobs = [storage._pool.submit(lambda e=e: (e.set(), release.wait())) for e in started]
     try:
         await wait_until(lambda: all(e.is_set() for e in started))
