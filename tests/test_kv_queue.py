@@ -260,6 +260,89 @@ async def test_concurrency_is_bounded_and_reached(adb: kvqueue.AsyncDatabase, li
     assert peak == 3
 
 
+async def test_async_handlers_that_wait_run_at_once_up_to_concurrency(
+    adb: kvqueue.AsyncDatabase, listen: Any
+) -> None:
+    """Coroutine handlers that wait let the next ones start, up to `concurrency` at once
+    and never more; each message is handled once."""
+    running: set[int] = set()
+    peak = 0
+    done: list[int] = []
+    release = asyncio.Event()
+
+    async def waiting(value: int) -> None:
+        nonlocal peak
+        running.add(value)
+        peak = max(peak, len(running))
+        await release.wait()
+        running.discard(value)
+        done.append(value)
+
+    op = adb.atomic()
+    for i in range(10):
+        op.enqueue(i)
+    await op.commit()
+    await listen(waiting, concurrency=4)
+    try:
+        await wait_until(lambda: len(running) == 4)
+    finally:
+        release.set()
+    await wait_until(lambda: len(done) == 10)
+    assert peak == 4
+    assert sorted(done) == list(range(10))
+
+
+async def test_a_timeout_inside_a_handler_ends_that_handler_only(
+    adb: kvqueue.AsyncDatabase, listen: Any
+) -> None:
+    """`asyncio.timeout` in a handler times out the handler's own wait: the handler sees
+    TimeoutError, the listener goes on delivering, and handlers beside it are untouched."""
+    never = asyncio.Event()
+    release = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def handler(value: str) -> None:
+        if value == "times out":
+            try:
+                async with asyncio.timeout(0.01):
+                    await never.wait()
+            except TimeoutError:
+                outcomes.append("timed out")
+            return
+        await release.wait()
+        outcomes.append(value)
+
+    await listen(handler, concurrency=4)
+    await adb.enqueue("waits")
+    await adb.enqueue("times out")
+    try:
+        await wait_until(lambda: outcomes == ["timed out"])
+    finally:
+        release.set()
+    await wait_until(lambda: len(outcomes) == 2)
+    await adb.enqueue("after")
+    await wait_until(lambda: len(outcomes) == 3)
+    assert outcomes == ["timed out", "waits", "after"]
+
+
+async def test_a_handler_raising_cancelled_error_does_not_stop_the_listener(
+    adb: kvqueue.AsyncDatabase, listen: Any
+) -> None:
+    """A handler that raises CancelledError of its own accord ends only its own delivery."""
+    got: list[str] = []
+
+    async def handler(value: str) -> None:
+        if value == "cancel":
+            raise asyncio.CancelledError
+        got.append(value)
+
+    task = await listen(handler, concurrency=2)
+    await adb.enqueue("cancel")
+    await adb.enqueue("next")
+    await wait_until(lambda: got == ["next"])
+    assert not task.done()
+
+
 async def test_handler_starts_before_the_next_lease_is_asked_for(
     adb: kvqueue.AsyncDatabase, listen: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -268,7 +268,10 @@ class AsyncDatabase:
 
         ``handler`` may be a plain function or a coroutine function. Returning
         acknowledges the message; raising retries it per its backoff schedule.
-        Up to ``concurrency`` handlers run at once.
+        Up to ``concurrency`` handlers run at once. Coroutine handlers run on the
+        event loop in a few tasks the listener keeps, one per handler running at
+        once, not a task per message: a context variable a handler sets and does not
+        reset is seen by the next handler that task runs.
 
         Raises:
             ListenerAlreadyRunning: another listen_queue is running on this database.

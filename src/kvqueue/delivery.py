@@ -12,6 +12,8 @@ adapters over this engine. It:
   sharing the store;
 * renews the leases of every message it holds while handlers run, so a slow
   handler never sees its batch delivered a second time;
+* runs the batches' deliveries on a few tasks it keeps (a runner per delivery
+  under way), not a task per batch: a KV queue's batch is one message;
 * settles decisions as they come (``ack`` or ``retry``), merging those that
   arrive together into one commit, and asks the queue's :class:`Policy` what a
   retry means (retry later, or dead-letter);
@@ -24,6 +26,7 @@ adapters over this engine. It:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import inspect
 import logging
@@ -306,7 +309,15 @@ class Engine:
         # Batches dispatched whose delivery has not returned or whose messages are
         # not all settled: each holds a slot of the concurrency until both.
         self._in_flight = 0
-        self._delivering: set[asyncio.Task[None]] = set()
+        # Batches dispatched and not yet taken by a runner (see _run_batches).
+        self._ready: collections.deque[tuple[list[model.LeasedMessage], _Outstanding]] = (
+            collections.deque()
+        )
+        self._runners: set[asyncio.Task[None]] = set()
+        self._idle_runners: collections.deque[asyncio.Future[None]] = collections.deque()
+        # A runner was woken (or started) and has not yet looked at _ready.
+        self._waking = False
+        self._closing = False
         self._pending: list[Decision] = []
         # Messages decided and not yet settled: a later decision for one is ignored.
         self._pending_ids: set[_Key] = set()
@@ -357,6 +368,10 @@ class Engine:
                 await self._slot_free.wait()
         finally:
             renewer.cancel()
+            # Runners in a delivery finish it (and what is dispatched) and then end.
+            self._closing = True
+            while self._idle_runners:
+                self._idle_runners.popleft().cancel()
 
     # --- leasing ------------------------------------------------------------
 
@@ -449,14 +464,55 @@ class Engine:
         for message in batch:
             self._unsettled[_key(message)] = outstanding
         self._in_flight += 1
-        task = asyncio.create_task(self._run_batch(batch, outstanding))
-        self._delivering.add(task)
-        task.add_done_callback(self._delivering.discard)
+        self._ready.append((batch, outstanding))
+        self._wake_runner()
+
+    def _wake_runner(self) -> None:
+        """Have one more runner look at the dispatched batches, unless one is on its way."""
+        if self._waking:
+            return
+        self._waking = True
+        if self._idle_runners:
+            self._idle_runners.popleft().set_result(None)
+            return
+        runner = asyncio.create_task(self._run_batches())
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    async def _run_batches(self) -> None:
+        """Deliver dispatched batches one after another until none is left, then wait.
+
+        A task per batch would cost more than a short handler (a KV queue's batch is
+        one message): a runner goes on to the next batch while its handlers finish
+        without waiting, and when one waits, the runner woken before it started
+        takes the next. So there is a runner per batch being delivered at once (the
+        concurrency bounds them), and one more on its way while batches are left.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            self._waking = False
+            while self._ready:
+                batch, outstanding = self._ready.popleft()
+                if self._ready:
+                    self._wake_runner()
+                try:
+                    await self._run_batch(batch, outstanding)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                    # A handler raised it without being cancelled: its batch ended
+                    # as a cancelled task's would, and the runner goes on.
+            if self._closing:
+                return
+            idle = loop.create_future()
+            self._idle_runners.append(idle)
+            await idle
 
     async def _run_batch(self, batch: list[model.LeasedMessage], outstanding: _Outstanding) -> None:
-        # The task ends with the delivery; the batch's slot is freed by whichever
-        # comes last, this or the settling of its last message (see _resolve),
-        # so no task waits for the commit.
+        # This ends with the delivery; the batch's slot is freed by whichever comes
+        # last, this or the settling of its last message (see _resolve), so no
+        # runner waits for the commit.
         completed = False
         try:
             try:

@@ -154,8 +154,11 @@ class Worker:
         """Register the decorated function as the consumer of ``queue`` (one or several).
 
         The handler takes a :class:`MessageBatch` and may be a plain function
-        (run on a thread) or a coroutine function. The settings are checked
-        here; see :class:`kvqueue.Consumer` for their ranges.
+        (run on a thread) or a coroutine function. Coroutine handlers run in a
+        few tasks the Worker keeps, one per batch being handled at once, so a context
+        variable a handler sets and does not reset is seen by the next batch that
+        task runs. The settings are checked here; see :class:`kvqueue.Consumer`
+        for their ranges.
         """
         queues = [queue] if isinstance(queue, str) else list(queue)
         for name in queues:
