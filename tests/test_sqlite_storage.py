@@ -96,3 +96,52 @@ async def test_a_write_waits_for_another_connections_write_lock(tmp_path: Path) 
     finally:
         other.close()
         await db.close()
+
+
+def _commit_modes(trace: list[str]) -> list[tuple[str, str]]:
+    """Each commit in a trace of the writer's statements: the synchronous setting it
+    ran under, and the statements of its transaction."""
+    mode, statements, commits = "FULL", [], []
+    for statement in trace:
+        if statement.startswith("PRAGMA synchronous = "):
+            mode = statement.rsplit(" ", 1)[1]
+        elif statement == "COMMIT":
+            commits.append((mode, " ".join(statements)))
+            statements = []
+        else:
+            statements.append(statement)
+    return commits
+
+
+async def test_only_a_lease_commits_without_the_sync(tmp_path: Path) -> None:
+    """A lease's transaction commits with synchronous=NORMAL (no fsync; lost to a power
+    cut it means a delivery again), and the writer is back at FULL for what comes
+    next: a send and an ack commit synced."""
+    clock = kvqueue.FakeClock()
+    db = await kvqueue.open_async(str(tmp_path / "sync.db"), clock=clock)
+    try:
+        await db.queues.create("orders")
+        queue = db.queue("orders")
+        await queue.send({"n": 1})
+        # The expiry sweeper, woken by the first send, has looked and sleeps on the
+        # fake clock: no write of its own shares a transaction with those below.
+        await wait_until(lambda: not db._sweeper_idle)
+        storage = db.storage
+        assert isinstance(storage, SqliteStorage)
+        assert storage._writer is not None
+        trace: list[str] = []
+        storage._writer._conn.set_trace_callback(trace.append)
+
+        pulled = await queue.pull(batch_size=10, visibility_timeout_ms=30_000)
+        await queue.ack([m.lease_id for m in pulled.messages])
+        await queue.send({"n": 2})
+
+        assert len(pulled.messages) == 1
+        commits = _commit_modes(trace)
+        assert [mode for mode, _ in commits] == ["NORMAL", "FULL", "FULL"], commits
+        lease, ack, send = (statements for _, statements in commits)
+        assert "SET attempts = attempts + 1" in lease
+        assert "DELETE FROM messages" in ack
+        assert "INSERT INTO messages" in send
+    finally:
+        await db.close()

@@ -2,7 +2,9 @@
 
 Durability and concurrency, in short:
 
-* WAL with ``synchronous=FULL``: a commit that returned is on disk.
+* WAL with ``synchronous=FULL``: a commit that returned is on disk. A
+  transaction of leases alone commits without the sync (see ``_Writer._sync``): a
+  lease lost to a power cut means a delivery again, never a lost message.
 * One writer thread per open database. Callers' writes queue up for it; it
   takes everything waiting, applies each in its own savepoint (so one failed
   write cannot spoil another; a write alone needs none) and commits them
@@ -266,9 +268,10 @@ class _Txn:
 
 
 _Op = Callable[[_Txn], Any]
-# A caller's op, its future, and its write when that is a plain send (which can
-# share an INSERT with the plain sends beside it).
-_Request = tuple[_Op, asyncio.Future[Any], model.AtomicWrite | None]
+# A caller's op, its future, its write when that is a plain send (which can share
+# an INSERT with the plain sends beside it), and whether its commit may skip the
+# sync (see _Writer._sync).
+_Request = tuple[_Op, asyncio.Future[Any], model.AtomicWrite | None, bool]
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
@@ -278,6 +281,8 @@ class _Writer:
     def __init__(self, path: str, durable: bool, clock: Clock, on_commit: Callable[[], None]):
         # The writer waits for another process's write lock itself (_begin).
         self._conn = _connect(path, durable=durable, busy_timeout_ms=0)
+        self._durable = durable
+        self._synced = durable
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
@@ -285,9 +290,11 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="kvqueue-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: _Op, send: model.AtomicWrite | None = None) -> asyncio.Future[Any]:
+    def submit(
+        self, op: _Op, send: model.AtomicWrite | None = None, *, unsynced: bool = False
+    ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put((op, future, send))
+        self._requests.put((op, future, send, unsynced))
         return future
 
     async def close(self) -> None:
@@ -322,16 +329,18 @@ class _Writer:
         conn = self._conn
         outcomes: list[_Outcome] = []
         try:
+            # Only a transaction of nothing but leases may skip the sync.
+            self._sync(not all(request[3] for request in batch))
             _begin(conn)
         except sqlite3.Error as exc:
             error = errors.StorageError(f"could not start a write: {exc}")
             error.__cause__ = exc
-            return [(future, None, error) for _, future, _ in batch]
+            return [(future, None, error) for _, future, _, _ in batch]
         try:
             start = conn.execute(SQL_META_VERSION).fetchone()[0]
             txn = _Txn(conn, self._clock.now_ms(), start)
             if len(batch) == 1:
-                op, future, _ = batch[0]
+                op, future, _, _ = batch[0]
                 return self._apply_alone(txn, start, op, future)
             at = 0
             while at < len(batch):
@@ -342,7 +351,7 @@ class _Writer:
                     outcomes += _apply_sends(txn, batch[at:end])
                     at = end
                 else:
-                    op, future, _ = batch[at]
+                    op, future, _, _ = batch[at]
                     outcomes.append(_apply_one(txn, op, future))
                     at += 1
             if txn.version != start:
@@ -353,7 +362,7 @@ class _Writer:
                 conn.execute("ROLLBACK")
             error = errors.StorageError(f"the write failed and was rolled back: {exc}")
             error.__cause__ = exc
-            return [(future, None, error) for _, future, _ in batch]
+            return [(future, None, error) for _, future, _, _ in batch]
         return outcomes
 
     def _apply_alone(
@@ -375,6 +384,20 @@ class _Writer:
             conn.execute(SQL_META_SET_VERSION, (txn.version,))
         conn.execute("COMMIT")
         return [(future, result, None)]
+
+    def _sync(self, synced: bool) -> None:
+        """Have the next commit wait for the disk (FULL) or not (NORMAL); SQLite takes
+        the setting only outside a transaction.
+
+        A transaction of leases alone commits without the sync: a lease lost to a
+        power cut only means its messages are delivered again, as the expiry of a
+        crashed consumer's lease would; and the next synced commit's sync takes the
+        lease's WAL frames to disk with its own (the WAL is appended to in order).
+        """
+        if not self._durable or synced == self._synced:
+            return
+        self._conn.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
+        self._synced = synced
 
     def _settle(self, outcomes: list[_Outcome], changed: bool) -> None:
         for future, result, error in outcomes:
@@ -524,10 +547,12 @@ class SqliteStorage(Waits):
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _write(self, op: _Op, send: model.AtomicWrite | None = None) -> asyncio.Future[Any]:
+    def _write(
+        self, op: _Op, send: model.AtomicWrite | None = None, *, unsynced: bool = False
+    ) -> asyncio.Future[Any]:
         if self._closed or self._writer is None:
             raise errors.DatabaseClosed()
-        return self._writer.submit(op, send)
+        return self._writer.submit(op, send, unsynced=unsynced)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -613,7 +638,7 @@ class SqliteStorage(Waits):
                 for _, mid, body, ctype, enq, attempts, attrs in rows
             ]
 
-        leased: list[model.LeasedMessage] = await self._write(op)
+        leased: list[model.LeasedMessage] = await self._write(op, unsynced=True)
         return leased
 
     async def extend(self, leases: Sequence[model.LeaseCheck], *, lease_ms: int) -> set[str]:
@@ -758,7 +783,7 @@ def _apply_sends(txn: _Txn, run: list[_Request]) -> list[_Outcome]:
     for all, each write still refused on its own (QueueNotFound, QueueFull) as if
     applied one after another. Should the INSERT fail, each is applied alone."""
     conn, now = txn.conn, txn.now
-    writes = [write for _, _, write in run if write is not None]
+    writes = [write for _, _, write, _ in run if write is not None]
     names = json.dumps(list(dict.fromkeys(e.queue for w in writes for e in w.enqueues)))
     conn.execute("SAVEPOINT sends")
     try:
@@ -768,10 +793,10 @@ def _apply_sends(txn: _Txn, run: list[_Request]) -> list[_Outcome]:
     except sqlite3.Error:
         conn.execute("ROLLBACK TO sends")
         conn.execute("RELEASE sends")
-        return [_apply_one(txn, op, future) for op, future, _ in run]
+        return [_apply_one(txn, op, future) for op, future, _, _ in run]
     conn.execute("RELEASE sends")
     outcomes: list[_Outcome] = []
-    for (_, future, _), refusal in zip(run, refusals, strict=True):
+    for (_, future, _, _), refusal in zip(run, refusals, strict=True):
         if refusal is not None:
             outcomes.append((future, None, refusal))
             continue
