@@ -472,6 +472,15 @@ class _Reader:
     # -- values -------------------------------------------------------------
 
     def value(self) -> object:
+        data = self.data
+        pos = self.pos
+        if data[pos] == _ONE_BYTE_STRING and data[pos + 1] < 0x80:
+            # The commonest value and property key, a short Latin-1 string, read
+            # here rather than through the tag table and the varint and slice steps.
+            end = pos + 2 + data[pos + 1]
+            if end <= len(data):
+                self.pos = end
+                return data[pos + 2 : end].decode("latin-1")
         tag = self.tag()
         reader = _READERS.get(tag)
         if reader is None:
