@@ -488,7 +488,6 @@ class Engine:
         takes the next. So there is a runner per batch being delivered at once (the
         concurrency bounds them), and one more on its way while batches are left.
         """
-        loop = asyncio.get_running_loop()
         while True:
             self._waking = False
             while self._ready:
@@ -505,7 +504,7 @@ class Engine:
                     # as a cancelled task's would, and the runner goes on.
             if self._closing:
                 return
-            idle = loop.create_future()
+            idle = self._loop.create_future()
             self._idle_runners.append(idle)
             await idle
 
