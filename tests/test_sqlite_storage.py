@@ -145,3 +145,35 @@ async def test_only_a_lease_commits_without_the_sync(tmp_path: Path) -> None:
         assert "INSERT INTO messages" in send
     finally:
         await db.close()
+
+
+async def test_concurrent_sends_read_their_metrics_in_their_own_transaction(
+    tmp_path: Path,
+) -> None:
+    """Sends committed together get their queue's metrics from one read inside their
+    transaction, before its COMMIT: no read of their own after it."""
+    db = await kvqueue.open_async(str(tmp_path / "metrics.db"))
+    try:
+        await db.queues.create("orders")
+        queue = db.queue("orders")
+        await queue.send("warm-up")
+        await wait_until(lambda: not db._sweeper_idle)
+        storage = db.storage
+        assert isinstance(storage, SqliteStorage)
+        assert storage._writer is not None
+        trace: list[str] = []
+        storage._writer._conn.set_trace_callback(trace.append)
+        readers = list(storage._readers)
+
+        results = await asyncio.gather(*(queue.send(i) for i in range(40)))
+
+        assert max(r.metrics.backlog_count for r in results) == 41
+        commits = [statements for _, statements in _commit_modes(trace)]
+        sends = [c for c in commits if "INSERT INTO messages" in c]
+        assert sends
+        for statements in sends:
+            assert statements.count("SELECT retried, dead_lettered FROM queues") == 1, statements
+            assert statements.index("INSERT INTO messages") < statements.index("SELECT retried")
+        assert storage._readers == readers
+    finally:
+        await db.close()

@@ -74,6 +74,31 @@ async def test_sends_committed_together_keep_their_own_delays(
     assert sorted(m.body for m in later.messages) == ["queued 0", "queued 1", "queued 2"]
 
 
+async def test_concurrent_sends_each_see_their_own_message_in_their_metrics(
+    adb: kvqueue.AsyncDatabase,
+) -> None:
+    """Thirty sends at once, beside three messages in flight: each send's metrics count its
+    own message and every send that returned before it was asked, the last ones all 33, and
+    show the three in flight and the oldest message's time."""
+    await adb.queues.create("busy")
+    queue = adb.queue("busy")
+    await queue.send_batch(["a", "b", "c"])
+    leased = await queue.pull(batch_size=3, visibility_timeout_ms=60_000)
+    assert len(leased.messages) == 3
+    first = await queue.send("first")
+    assert (first.metrics.backlog_count, first.metrics.in_flight) == (4, 3)
+    results = await asyncio.gather(*(queue.send(i) for i in range(30)))
+    counts = [r.metrics.backlog_count for r in results]
+    assert all(5 <= count <= 34 for count in counts), counts
+    assert max(counts) == 34
+    assert all(r.metrics.in_flight == 3 for r in results)
+    oldest = {r.metrics.oldest_message_timestamp_ms for r in results}
+    assert oldest == {first.metrics.oldest_message_timestamp_ms}
+    assert oldest != {0}
+    after = await queue.send("after")
+    assert after.metrics.backlog_count == 35
+
+
 async def test_a_write_failing_part_way_fails_only_itself(adb: kvqueue.AsyncDatabase) -> None:
     """Among concurrent writes, the one whose sum meets a stored string fails with
     TypeMismatch after its set and send were applied: both are undone, and only it fails;

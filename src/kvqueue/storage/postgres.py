@@ -794,8 +794,8 @@ class PostgresStorage(Waits):
         """See :meth:`kvqueue.storage.base.Storage.stats`.
 
         Concurrent callers share queries (see
-        :class:`~kvqueue.storage.common.SharedRead`): many producers sending at once
-        each want their queue's metrics after their send.
+        :class:`~kvqueue.storage.common.SharedRead`): many consumers pulling at once
+        each want their queue's metrics after their pull.
         """
         return await self._stats(queue)
 

@@ -9,7 +9,9 @@ Durability and concurrency, in short:
   takes everything waiting, applies each in its own savepoint (so one failed
   write cannot spoil another; a write alone needs none) and commits them
   together: one fsync for many callers (group commit). Each caller still gets
-  its own versionstamp.
+  its own versionstamp. Sends that ask for their queue's metrics get them read
+  once for the group, before its COMMIT: a read of their own each after it cost
+  the event loop more than the send.
 * Python's sqlite3 lets go of the GIL on every step of a statement, and taking
   it back from a busy event loop can cost more than the step: so a batch of
   messages is written with a few statements, not one per message or row.
@@ -672,19 +674,16 @@ class SqliteStorage(Waits):
         """See :meth:`kvqueue.storage.base.Storage.stats`.
 
         Concurrent callers share reads (see :class:`~kvqueue.storage.common.SharedRead`):
-        many producers sending at once each want their queue's metrics after their send.
+        many consumers pulling at once each want their queue's metrics after their pull.
         """
         return await self._stats(queue)
 
     async def _read_stats(self, queue: str) -> model.QueueStats:
         def run(conn: sqlite3.Connection, now: int) -> model.QueueStats:
-            counters = conn.execute(SQL_QUEUE_COUNTERS, (queue,)).fetchone()
-            if counters is None:
+            stats = _queue_stats(conn, queue, now)
+            if stats is None:
                 raise errors.QueueNotFound(queue)
-            backlog = conn.execute(SQL_QUEUE_BACKLOG, (queue,)).fetchone() or (0, 0)
-            oldest = conn.execute(SQL_MESSAGE_OLDEST, (queue,)).fetchone()[0]
-            in_flight = conn.execute(SQL_MESSAGE_IN_FLIGHT, (queue, now)).fetchone()[0]
-            return model.QueueStats(backlog[0], backlog[1], oldest, in_flight, *counters)
+            return stats
 
         return await self._read(run, small=True)
 
@@ -759,6 +758,17 @@ class SqliteStorage(Waits):
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
+def _queue_stats(conn: sqlite3.Connection, queue: str, now: int) -> model.QueueStats | None:
+    """A queue's stats as ``conn`` sees them (None: no such queue)."""
+    counters = conn.execute(SQL_QUEUE_COUNTERS, (queue,)).fetchone()
+    if counters is None:
+        return None
+    backlog = conn.execute(SQL_QUEUE_BACKLOG, (queue,)).fetchone() or (0, 0)
+    oldest = conn.execute(SQL_MESSAGE_OLDEST, (queue,)).fetchone()[0]
+    in_flight = conn.execute(SQL_MESSAGE_IN_FLIGHT, (queue, now)).fetchone()[0]
+    return model.QueueStats(backlog[0], backlog[1], oldest, in_flight, *counters)
+
+
 def _apply_one(txn: _Txn, op: _Op, future: asyncio.Future[Any]) -> _Outcome:
     """One caller's write inside a group, in a savepoint of its own: its failure
     leaves the others' writes in place."""
@@ -795,13 +805,17 @@ def _apply_sends(txn: _Txn, run: list[_Request]) -> list[_Outcome]:
         conn.execute("RELEASE sends")
         return [_apply_one(txn, op, future) for op, future, _, _ in run]
     conn.execute("RELEASE sends")
+    # The stats senders want, read once per queue for the whole run.
+    asked = {w.stats_of for w in writes if w.stats_of}
+    stats = {name: _queue_stats(conn, name, now) for name in asked}
     outcomes: list[_Outcome] = []
-    for (_, future, _, _), refusal in zip(run, refusals, strict=True):
+    for (_, future, write, _), refusal in zip(run, refusals, strict=True):
         if refusal is not None:
             outcomes.append((future, None, refusal))
             continue
         txn.version += 1
-        outcomes.append((future, model.Committed(versionstamp(txn.version), ()), None))
+        own = None if write is None or write.stats_of is None else stats[write.stats_of]
+        outcomes.append((future, model.Committed(versionstamp(txn.version), (), own), None))
     return outcomes
 
 
@@ -836,7 +850,8 @@ def _apply_write(txn: _Txn, write: model.AtomicWrite) -> model.Committed:
     if write.enqueues:
         _apply_enqueues(txn, write.enqueues)
     settled = _apply_settlements(txn, write.settlements) if write.settlements else ()
-    return model.Committed(versionstamp(version), settled)
+    stats = None if write.stats_of is None else _queue_stats(conn, write.stats_of, now)
+    return model.Committed(versionstamp(version), settled, stats)
 
 
 def _apply_enqueues(txn: _Txn, enqueues: Sequence[model.Enqueue]) -> None:
