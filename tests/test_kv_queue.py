@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -371,6 +372,74 @@ async def test_handler_starts_before_the_next_lease_is_asked_for(
     await asyncio.wait_for(got.wait(), 10)
     taken = events.index("taken")
     assert events[taken + 1] == "handler", events
+
+
+async def test_the_next_lease_goes_out_before_the_last_ack_has_committed(
+    adb: kvqueue.AsyncDatabase, listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one handler at a time, the next message is asked for once the first is handled,
+    while its ack is still committing (a SQLite writer then commits both together); both
+    acks land and each message is handled once."""
+    lease, commit = adb.storage.lease, adb.storage.commit
+    asked_again = asyncio.Event()
+    settling = asyncio.Event()
+
+    async def recorded_lease(*args: Any, **kwargs: Any) -> Any:
+        if settling.is_set():
+            asked_again.set()
+        return await lease(*args, **kwargs)
+
+    held: list[bool] = []
+
+    async def held_commit(write: Any) -> Any:
+        if write.settlements and not settling.is_set():
+            settling.set()
+            # Held until the next lease is asked for: at most 2 s, after which the
+            # test fails rather than hangs.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asked_again.wait(), 2)
+            held.append(asked_again.is_set())
+        return await commit(write)
+
+    monkeypatch.setattr(adb.storage, "lease", recorded_lease)
+    monkeypatch.setattr(adb.storage, "commit", held_commit)
+    await adb.enqueue("first")
+    await adb.enqueue("second")
+    recorder = Recorder()
+    await listen(recorder, concurrency=1)
+    await recorder.wait_for(2)
+    assert held == [True]
+    assert sorted(recorder.values) == ["first", "second"]
+    await wait_until_async(
+        lambda: adb.queues.metrics(kvqueue.KV_QUEUE), lambda m: m.backlog_count == 0
+    )
+
+
+async def test_a_listener_ends_only_after_its_last_ack_has_committed(url: str) -> None:
+    """Closed while its last ack is still committing, the listener waits for that commit:
+    the message is gone when the database is opened again."""
+    database = await kvqueue.open_async(url)
+    commit = database.storage.commit
+    settling = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held_commit(write: Any) -> Any:
+        if write.settlements:
+            settling.set()
+            await release.wait()
+        return await commit(write)
+
+    database.storage.commit = held_commit  # type: ignore[method-assign]
+    await database.enqueue("last")
+    listener = await _listening(database, Recorder())
+    await asyncio.wait_for(settling.wait(), 10)
+    closing = asyncio.create_task(database.close())
+    done, _ = await asyncio.wait({listener}, timeout=0.5)
+    assert not done
+    release.set()
+    await asyncio.wait_for(asyncio.gather(listener, closing), 10)
+    async with await kvqueue.open_async(url) as again:
+        assert (await again.queues.metrics(kvqueue.KV_QUEUE)).backlog_count == 0
 
 
 async def test_slow_handler_keeps_its_lease(tmp_path: Path) -> None:

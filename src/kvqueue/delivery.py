@@ -328,7 +328,7 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
-        """Batches dispatched and not yet both delivered and settled."""
+        """Batches dispatched and not yet both delivered and decided."""
         return self._in_flight
 
     def stop(self) -> None:
@@ -363,7 +363,8 @@ class Engine:
                     failures += 1
                     logger.warning("queue %r: %s; trying again in %.2f s", self._queue, exc, pause)
                     await first_of(asyncio.sleep(pause), self._stop.wait())
-            while self._in_flight:
+            # Settled, not only decided: the last decisions' commit is waited for too.
+            while self._in_flight or self._flushing is not None:
                 self._slot_free.clear()
                 await self._slot_free.wait()
         finally:
@@ -510,8 +511,7 @@ class Engine:
 
     async def _run_batch(self, batch: list[model.LeasedMessage], outstanding: _Outstanding) -> None:
         # This ends with the delivery; the batch's slot is freed by whichever comes
-        # last, this or the settling of its last message (see _resolve), so no
-        # runner waits for the commit.
+        # last, this or the decision on its last message (see _enqueue_decision).
         completed = False
         try:
             try:
@@ -526,14 +526,13 @@ class Engine:
             completed = True
         finally:
             if not completed:
-                # Cancelled mid-delivery: what was not settled is left to its lease's
+                # Cancelled mid-delivery: what was not decided is left to its lease's
                 # expiry, and the batch gives its slot back now.
                 for message in batch:
                     key = _key(message)
-                    if self._unsettled.get(key) is outstanding:
+                    if self._unsettled.get(key) is outstanding and key not in self._pending_ids:
                         del self._unsettled[key]
                         self._held.pop(key, None)
-                        self._pending_ids.discard(key)
                         outstanding.count -= 1
             outstanding.delivered = True
             if outstanding.count == 0:
@@ -561,6 +560,14 @@ class Engine:
         self._pending_ids.add(key)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
+        # The slot is free once the batch is decided, not once the decisions have
+        # committed: the next lease is then sent beside the settling commit instead of
+        # after it, and a SQLite writer takes both in one transaction (one fsync, and
+        # the pages the acks and the lease touch written once).
+        outstanding = self._unsettled[key]
+        outstanding.count -= 1
+        if outstanding.count == 0 and outstanding.delivered:
+            self._free_slot()
 
     async def _flush(self) -> None:
         # Decisions made in the same turn of the loop share one commit.
@@ -571,6 +578,7 @@ class Engine:
                 await self._settle(decisions)
         finally:
             self._flushing = None
+            self._slot_free.set()
 
     async def _settle(self, decisions: Sequence[Decision]) -> None:
         await self._source.settle(decisions)
@@ -581,11 +589,7 @@ class Engine:
         key = _key(message)
         self._held.pop(key, None)
         self._pending_ids.discard(key)
-        outstanding = self._unsettled.pop(key, None)
-        if outstanding is not None:
-            outstanding.count -= 1
-            if outstanding.count == 0 and outstanding.delivered:
-                self._free_slot()
+        self._unsettled.pop(key, None)
 
     # --- leases -----------------------------------------------------------------
 
@@ -616,7 +620,7 @@ _Key = tuple[str, str]
 
 @dataclass(slots=True)
 class _Outstanding:
-    """A batch dispatched: how many of its messages are not yet settled, and whether
+    """A batch dispatched: how many of its messages are not yet decided, and whether
     its delivery has returned (it holds its slot until both)."""
 
     count: int
