@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 
 import kvqueue
@@ -40,13 +41,30 @@ async def _kvqueue(path: str, n: int) -> float:
 
 def run(ctx: Context) -> list[Row]:
     n = ctx.sizes.pick(10_000, 1_000)
-    deno = deno_end_to_end(ctx, n)
+    # One kvqueue run of 10k messages lasts well under a second, and runs on this VM
+    # swing by a fifth: so Deno and kvqueue take turns, and each figure is the
+    # median of its rounds.
+    rounds = ctx.sizes.pick(3, 1)
+    denos, kvqs = [], []
+    for _ in range(rounds):
+        denos.append(deno_end_to_end(ctx, n))
+        kvqs.append(asyncio.run(_kvqueue(ctx.path("s3.db"), n)))
+    deno = sorted(denos, key=lambda d: d["seconds"])[len(denos) // 2]
     deno_rate = n / deno["seconds"]
-    kvq = asyncio.run(_kvqueue(ctx.path("s3.db"), n))
-    deno_row = Row("S3", "Deno KV (file): atomic x100 enqueue + listenQueue", deno_rate, "msgs/s")
-    deno_row.extra = {"messages": n, "enqueue_per_s": n / deno["enqueue_seconds"]}
-    kvq_row = ratio(
-        Row("S3", "kvqueue: atomic x100 enqueue + listen_queue", kvq, "msgs/s"), deno_rate, "Deno"
+    kvq = statistics.median(kvqs)
+    of = f" (median of {rounds})" if rounds > 1 else ""
+    deno_row = Row(
+        "S3", f"Deno KV (file): atomic x100 enqueue + listenQueue{of}", deno_rate, "msgs/s"
     )
-    kvq_row.extra = {"messages": n}
+    deno_row.extra = {
+        "messages": n,
+        "enqueue_per_s": n / deno["enqueue_seconds"],
+        "rounds_per_s": [n / d["seconds"] for d in denos],
+    }
+    kvq_row = ratio(
+        Row("S3", f"kvqueue: atomic x100 enqueue + listen_queue{of}", kvq, "msgs/s"),
+        deno_rate,
+        "Deno",
+    )
+    kvq_row.extra = {"messages": n, "rounds_per_s": kvqs}
     return [deno_row, at_least(kvq_row, 20, "Deno")]
