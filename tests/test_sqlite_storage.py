@@ -113,6 +113,19 @@ def _commit_modes(trace: list[str]) -> list[tuple[str, str]]:
     return commits
 
 
+async def _writer_trace(db: kvqueue.AsyncDatabase) -> list[str]:
+    """The SQLite writer's statements from now on, traced once the expiry sweeper
+    (woken by the first write) has looked and sleeps: no write of its own shares a
+    transaction with the test's."""
+    await wait_until(lambda: not db._sweeper_idle)
+    storage = db.storage
+    assert isinstance(storage, SqliteStorage)
+    assert storage._writer is not None
+    trace: list[str] = []
+    storage._writer._conn.set_trace_callback(trace.append)
+    return trace
+
+
 async def test_only_a_lease_commits_without_the_sync(tmp_path: Path) -> None:
     """A lease's transaction commits with synchronous=NORMAL (no fsync; lost to a power
     cut it means a delivery again), and the writer is back at FULL for what comes
@@ -123,14 +136,7 @@ async def test_only_a_lease_commits_without_the_sync(tmp_path: Path) -> None:
         await db.queues.create("orders")
         queue = db.queue("orders")
         await queue.send({"n": 1})
-        # The expiry sweeper, woken by the first send, has looked and sleeps on the
-        # fake clock: no write of its own shares a transaction with those below.
-        await wait_until(lambda: not db._sweeper_idle)
-        storage = db.storage
-        assert isinstance(storage, SqliteStorage)
-        assert storage._writer is not None
-        trace: list[str] = []
-        storage._writer._conn.set_trace_callback(trace.append)
+        trace = await _writer_trace(db)
 
         pulled = await queue.pull(batch_size=10, visibility_timeout_ms=30_000)
         await queue.ack([m.lease_id for m in pulled.messages])
@@ -157,12 +163,9 @@ async def test_concurrent_sends_read_their_metrics_in_their_own_transaction(
         await db.queues.create("orders")
         queue = db.queue("orders")
         await queue.send("warm-up")
-        await wait_until(lambda: not db._sweeper_idle)
+        trace = await _writer_trace(db)
         storage = db.storage
         assert isinstance(storage, SqliteStorage)
-        assert storage._writer is not None
-        trace: list[str] = []
-        storage._writer._conn.set_trace_callback(trace.append)
         readers = list(storage._readers)
 
         results = await asyncio.gather(*(queue.send(i) for i in range(40)))
