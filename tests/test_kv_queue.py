@@ -442,6 +442,38 @@ async def test_a_listener_ends_only_after_its_last_ack_has_committed(url: str) -
         assert (await again.queues.metrics(kvqueue.KV_QUEUE)).backlog_count == 0
 
 
+async def test_a_settlement_that_fails_unexpectedly_leaves_the_message_to_its_lease(
+    url: str,
+) -> None:
+    """An ack whose commit fails with an error the storage did not translate is not
+    renewed for ever: its lease runs out and the message is delivered again; the
+    listener goes on."""
+    database = await kvqueue.open_async(url, lease_ms=300)
+    commit = database.storage.commit
+    failed: list[Any] = []
+
+    async def failing_once(write: Any) -> Any:
+        if write.settlements and not failed:
+            failed.append(write)
+            raise RuntimeError("the settling commit broke")
+        return await commit(write)
+
+    database.storage.commit = failing_once  # type: ignore[method-assign]
+    recorder = Recorder()
+    listener = await _listening(database, recorder)
+    try:
+        await database.enqueue("again")
+        await recorder.wait_for(2)
+        assert recorder.values == ["again", "again"]
+        assert len(failed) == 1
+        await wait_until_async(
+            lambda: database.queues.metrics(kvqueue.KV_QUEUE), lambda m: m.backlog_count == 0
+        )
+    finally:
+        await database.close()
+        await asyncio.wait_for(listener, 10)
+
+
 async def test_slow_handler_keeps_its_lease(tmp_path: Path) -> None:
     """A handler running far longer than the lease is not given its message again meanwhile (unlike Deno)."""
     path = str(tmp_path / "lease.db")

@@ -575,15 +575,24 @@ class Engine:
         try:
             while self._pending:
                 decisions, self._pending = self._pending, []
-                await self._settle(decisions)
+                try:
+                    await self._settle(decisions)
+                except Exception:
+                    logger.exception(
+                        "could not settle %d messages of %r", len(decisions), self._queue
+                    )
         finally:
             self._flushing = None
             self._slot_free.set()
 
     async def _settle(self, decisions: Sequence[Decision]) -> None:
-        await self._source.settle(decisions)
-        for decision in decisions:
-            self._resolve(decision.message)
+        try:
+            await self._source.settle(decisions)
+        finally:
+            # Settled or not, they are no longer ours to renew: a message whose
+            # settlement failed is delivered again once its lease runs out.
+            for decision in decisions:
+                self._resolve(decision.message)
 
     def _resolve(self, message: model.LeasedMessage) -> None:
         key = _key(message)
