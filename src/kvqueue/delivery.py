@@ -307,7 +307,7 @@ class Engine:
         # Each message not yet settled, to the batch it belongs to.
         self._unsettled: dict[_Key, _Outstanding] = {}
         # Batches dispatched whose delivery has not returned or whose messages are
-        # not all settled: each holds a slot of the concurrency until both.
+        # not all decided: each holds a slot of the concurrency until both.
         self._in_flight = 0
         # Batches dispatched and not yet taken by a runner (see _run_batches).
         self._ready: collections.deque[tuple[list[model.LeasedMessage], _Outstanding]] = (
@@ -576,23 +576,19 @@ class Engine:
             while self._pending:
                 decisions, self._pending = self._pending, []
                 try:
-                    await self._settle(decisions)
+                    await self._source.settle(decisions)
                 except Exception:
                     logger.exception(
                         "could not settle %d messages of %r", len(decisions), self._queue
                     )
+                finally:
+                    # Settled or not, they are no longer ours to renew: a message whose
+                    # settlement failed is delivered again once its lease runs out.
+                    for decision in decisions:
+                        self._resolve(decision.message)
         finally:
             self._flushing = None
             self._slot_free.set()
-
-    async def _settle(self, decisions: Sequence[Decision]) -> None:
-        try:
-            await self._source.settle(decisions)
-        finally:
-            # Settled or not, they are no longer ours to renew: a message whose
-            # settlement failed is delivered again once its lease runs out.
-            for decision in decisions:
-                self._resolve(decision.message)
 
     def _resolve(self, message: model.LeasedMessage) -> None:
         key = _key(message)
