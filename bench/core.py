@@ -160,17 +160,19 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory since it started its program.
+def peak_rss_mb(pid: int | None = None) -> float:
+    """This process's (or process ``pid``'s) peak resident memory since it started its
+    program.
 
     Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec,
     so a child of the (larger) benchmark process reported the parent's peak. The
-    high-water mark of /proc/self/status belongs to this program's memory alone.
+    high-water mark of /proc/<pid>/status belongs to this program's memory alone.
     """
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{'self' if pid is None else pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
+    assert pid is None, "no VmHWM in /proc"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 
 class Connection:
-    """One keep-alive connection sending POSTs one after another."""
+    """One keep-alive connection sending requests one after another."""
 
     def __init__(self, host: str, port: int, token: str = "") -> None:
         self.host = host
@@ -26,10 +26,17 @@ class Connection:
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         """POST a JSON body; returns the status and the response body."""
+        return await self._request("POST", path, body)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path``; returns the status and the response body."""
+        return await self._request("GET", path, b"")
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         assert self._reader is not None
         assert self._writer is not None
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{self._auth}"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self._auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         self._writer.write(head.encode() + body)

@@ -21,14 +21,14 @@ TRIVIAL = orjson.dumps({"forUser": "alovelace", "body": "x" * 190})
 BULK = orjson.dumps({"messages": [{"body": PAYLOAD}] * 100})
 
 
-def _address(url: str) -> tuple[str, int]:
+def address(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
 
 
 async def ceiling(url: str, requests: int, body: bytes) -> float:
     """Requests/s of ``CONNECTIONS`` connections posting ``body`` to the trivial endpoint."""
-    host, port = _address(url)
+    host, port = address(url)
 
     async def one() -> None:
         async with Connection(host, port) as conn:
@@ -41,14 +41,19 @@ async def ceiling(url: str, requests: int, body: bytes) -> float:
     return requests // CONNECTIONS * CONNECTIONS / (time.perf_counter() - started)
 
 
-async def pipeline(url: str, token: str, base: str, n: int) -> dict[str, float]:
-    """Pushers send 100 per request while pullers pull(100) and ack, all at once;
-    returns the end-to-end and the push rates (msgs/s)."""
-    host, port = _address(url)
-    async with Connection(host, port, token) as admin:
-        status, raw = await admin.post(f"{base}/queues", orjson.dumps({"queue_name": "s5"}))
-        assert status == 200, raw
-    queue = f"{base}/queues/{orjson.loads(raw)['result']['queue_id']}/messages"
+async def pipeline(
+    url: str, token: str, base: str, n: int, queue_id: str | None = None
+) -> dict[str, float]:
+    """Pushers send 100 per request while pullers pull(100) and ack, all at once, on a
+    new queue or on queue ``queue_id``; returns the end-to-end and the push rates
+    (msgs/s)."""
+    host, port = address(url)
+    if queue_id is None:
+        async with Connection(host, port, token) as admin:
+            status, raw = await admin.post(f"{base}/queues", orjson.dumps({"queue_name": "s5"}))
+            assert status == 200, raw
+        queue_id = orjson.loads(raw)["result"]["queue_id"]
+    queue = f"{base}/queues/{queue_id}/messages"
     batches = n // 100
     total = batches // PUSHERS * PUSHERS * 100
     acked = 0
@@ -85,7 +90,7 @@ async def pipeline(url: str, token: str, base: str, n: int) -> dict[str, float]:
 
 async def single_pushes(url: str, token: str, base: str, n: int) -> float:
     """One message per request from ``CONNECTIONS`` connections; msgs/s."""
-    host, port = _address(url)
+    host, port = address(url)
     async with Connection(host, port, token) as admin:
         status, raw = await admin.post(f"{base}/queues", orjson.dumps({"queue_name": "s5single"}))
         assert status == 200, raw
@@ -103,14 +108,15 @@ async def single_pushes(url: str, token: str, base: str, n: int) -> float:
     return n // CONNECTIONS * CONNECTIONS / (time.perf_counter() - started)
 
 
-def _served(ctx: Context) -> tuple[Child, str, str, str]:
-    path = ctx.path("s5.sqlite")
+def serve(path: str, account: str = "bench") -> tuple[Child, str, str, str]:
+    """``kvqueue serve`` on the SQLite file ``path``: the child, its URL, an admin
+    token of ``account`` and the API path of that account."""
     child = Child("kvqueue.cli", "serve", "--db", path, "--port", "0", "--log-level", "warning")
     while not (line := child.expect("")).startswith("kvqueue serving "):
         pass
     with kvqueue.open(path) as db:
-        _, token = db.tokens.create("bench", "admin")
-    return child, line.split()[2], token, "/client/v4/accounts/bench"
+        _, token = db.tokens.create(account, "admin")
+    return child, line.split()[2], token, f"/client/v4/accounts/{account}"
 
 
 def run(ctx: Context) -> list[Row]:
@@ -121,7 +127,7 @@ def run(ctx: Context) -> list[Row]:
         url = trivial.expect("ready").split()[1]
         rps = run_async(ceiling(url, requests, TRIVIAL))
         bulk_rps = run_async(ceiling(url, requests // 4, BULK))
-    server, url, token, base = _served(ctx)
+    server, url, token, base = serve(ctx.path("s5.sqlite"))
     with children(server):
         e2e = run_async(pipeline(url, token, base, n))
         single = run_async(single_pushes(url, token, base, requests // 10))

@@ -1,6 +1,7 @@
 """S8, scale: S1 and S4 beside a large backlog (1M messages in the full run) and beside
-as many delayed messages, each against a small database it takes turns with; peak memory;
-and on PostgreSQL, S1's rate after many messages have passed through one queue."""
+as many delayed messages, each against a small database it takes turns with; peak memory
+of the worker's process and of ``kvqueue serve``; and on PostgreSQL, S1's rate after
+many messages have passed through one queue."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import statistics
 import subprocess
 import sys
 
+import uvloop
+
 import kvqueue
-from bench import workloads
-from bench.core import ROOT, Context, Row, at_least, ratio
+from bench import s5_server, workloads
+from bench.core import ROOT, Context, Row, at_least, children, peak_rss_mb, ratio
+from bench.httpload import Connection
+from kvqueue.accounts import DEFAULT_ACCOUNT
 
 
 def _at_most_ratio(row: Row, bound: float, of: str) -> Row:
@@ -31,6 +36,31 @@ async def churn(url: str, messages: int, rounds: int) -> list[float]:
         return rates
 
 
+async def serve_load(url: str, token: str, base: str, queue_id: str, messages: int) -> None:
+    """A server's work in S8: its list of queues and the metrics of queue ``queue_id``
+    and of the KV queue, then S5's push x100 + pull(100)/ack of ``messages`` on that
+    queue (whose oldest messages, a backlog's, are the ones pulled)."""
+    host, port = s5_server.address(url)
+    async with Connection(host, port, token) as conn:
+        for path in ("/queues", f"/queues/{queue_id}/metrics", "/kv-queue/metrics"):
+            status, raw = await conn.get(base + path)
+            assert status == 200, raw
+    await s5_server.pipeline(url, token, base, messages, queue_id=queue_id)
+
+
+def server_peak_rss_mb(path: str, queue: str, messages: int) -> float:
+    """Peak resident memory of ``kvqueue serve`` on the SQLite file ``path`` after
+    :func:`serve_load` on ``queue`` (the default account's, as the fills made it)."""
+    with kvqueue.open(path) as db:
+        queue_id = db.queues.get(queue).queue_id
+        # S1's Worker registered itself as the queue's consumer; pulls need none.
+        db.queues.remove_consumer(queue)
+    server, url, token, base = s5_server.serve(path, account=DEFAULT_ACCOUNT)
+    with children(server):
+        uvloop.run(serve_load(url, token, base, queue_id, messages))
+        return peak_rss_mb(server.process.pid)
+
+
 def _size(n: float) -> str:
     return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1000:g}k"
 
@@ -43,7 +73,8 @@ def run(ctx: Context) -> list[Row]:
     samples = ctx.sizes.pick(3_000, 240)
     fill_s, phase_s = ctx.sizes.pick(150, 30), ctx.sizes.pick(60, 20)
     pipelines = ctx.sizes.pick(3, 1)
-    command = [sys.executable, "-m", "bench.procs.scale", ctx.path("s8.db")]
+    path = ctx.path("s8.db")
+    command = [sys.executable, "-m", "bench.procs.scale", path]
     command += [str(backlog), str(messages), str(samples), str(fill_s), str(phase_s)]
     command.append(str(pipelines))
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=3600)
@@ -89,6 +120,18 @@ def run(ctx: Context) -> list[Row]:
     ):
         row = Row("S8", f"peak RSS, {label}", result[key]["peak_rss_mb"], "MB")
         rows.append(_at_most_ratio(ratio(row, base_rss, "small"), 1.2, "small"))
+    # The server on each file as the phases left it: the large one holds the backlog,
+    # the delayed messages and the delayed KV messages at once.
+    served = ctx.sizes.pick(20_000, 2_000)
+    base_rss = server_peak_rss_mb(path + ".small", "small", served)
+    rows.append(Row("S8", "peak RSS of kvqueue serve, small database", base_rss, "MB"))
+    row = Row(
+        "S8",
+        f"peak RSS of kvqueue serve, {queued} backlog + {delayed} + {kv_delayed} delayed",
+        server_peak_rss_mb(path, "backlog", served),
+        "MB",
+    )
+    rows.append(_at_most_ratio(ratio(row, base_rss, "small"), 1.2, "small"))
     for key, label in (
         ("fill", "backlog"),
         ("fill_delayed", "delayed 1 h"),
