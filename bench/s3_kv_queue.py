@@ -42,9 +42,9 @@ async def _kvqueue(path: str, n: int) -> float:
 def run(ctx: Context) -> list[Row]:
     n = ctx.sizes.pick(10_000, 1_000)
     # One kvqueue run of 10k messages lasts well under a second, and runs on this VM
-    # swing by a fifth: so Deno and kvqueue take turns, and each figure is the
-    # median of its rounds.
-    rounds = ctx.sizes.pick(3, 1)
+    # swing by a fifth (Deno's, fsync-bound, by a quarter): so Deno and kvqueue take
+    # turns, and each figure is the median of its rounds.
+    rounds = ctx.sizes.pick(5, 1)
     denos, kvqs = [], []
     for _ in range(rounds):
         denos.append(deno_end_to_end(ctx, n))
